@@ -1,0 +1,75 @@
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from segment_api.fields import (
+    AttributeKey,
+    AttributeValue,
+    Email,
+    ExternalId,
+    RequestModel,
+    Text,
+    with_examples,
+)
+
+EmailStatus = Literal["subscribed", "unsubscribed", "cleaned", "pending"]
+AddressPart = Annotated[Text, Field(max_length=200)]
+PersonName = Annotated[Text, Field(max_length=200)]
+
+
+class Address(RequestModel):
+    line1: AddressPart | None = None
+    line2: AddressPart | None = None
+    city: AddressPart | None = None
+    region: AddressPart | None = None
+    postal_code: AddressPart | None = None
+    country: AddressPart | None = None
+
+
+class CustomerIn(RequestModel):
+    """Fields left out keep their stored values; `null` clears a field."""
+
+    email: Email | None = None
+    first_name: PersonName | None = None
+    last_name: PersonName | None = None
+    email_status: EmailStatus | None = Field(
+        None,
+        description="`pending` when a customer is created with an email but no status: "
+        "consent is never assumed",
+    )
+    attributes: Annotated[dict[AttributeKey, AttributeValue], Field(max_length=200)] | None = Field(
+        None,
+        description="Flat marketing attributes: string, number, boolean or date "
+        "(ISO 8601 string) values. Replaces the stored attributes when given.",
+        examples=[{"loyalty_tier": "gold", "vip": True, "birthday": "1990-04-12"}],
+    )
+    shipping_address: Address | None = None
+    billing_address: Address | None = None
+
+    model_config = with_examples(
+        {
+            "email": "ada@example.com",
+            "first_name": "Ada",
+            "last_name": "Lovelace",
+            "email_status": "subscribed",
+            "attributes": {"loyalty_tier": "gold"},
+        }
+    )
+
+
+class Customer(BaseModel):
+    external_id: str
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    email_status: EmailStatus
+    attributes: dict[str, Any]
+    shipping_address: dict[str, Any] | None
+    billing_address: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class CustomerKey(BaseModel):
+    external_id: ExternalId

@@ -1,0 +1,81 @@
+"""Request dependencies: the transaction (committed once, at the edge) and the API key."""
+
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from segment_api.problems import ProblemException
+from segment_api.settings import ApiSettings
+from segments_shared.apikeys import ApiKeyInfo, find_key
+
+
+async def _transaction(request: Request) -> AsyncIterator[AsyncConnection]:
+    engine: AsyncEngine = request.app.state.engine
+    async with engine.begin() as conn:
+        yield conn
+
+
+# scope="function" commits before the response is sent: a failed commit is an error answer,
+# never a 2xx for a change that was lost.
+Db = Annotated[AsyncConnection, Depends(_transaction, scope="function")]
+
+
+def get_settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.settings
+    return settings
+
+
+Settings = Annotated[ApiSettings, Depends(get_settings)]
+
+
+class ApiKeyCache:
+    """Keys looked up by digest, cached briefly: a revocation takes effect within the TTL."""
+
+    def __init__(self, ttl_seconds: float) -> None:
+        self.ttl = ttl_seconds
+        self._entries: dict[str, tuple[float, ApiKeyInfo | None]] = {}
+
+    async def lookup(self, engine: AsyncEngine, key: str) -> ApiKeyInfo | None:
+        now = time.monotonic()
+        cached = self._entries.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with engine.connect() as conn:
+            info = await find_key(conn, key)
+        if len(self._entries) > 10_000:
+            self._entries.clear()  # bounded: unknown keys must not grow memory forever
+        self._entries[key] = (now + self.ttl, info)
+        return info
+
+
+def _unauthenticated(detail: str) -> ProblemException:
+    return ProblemException(401, detail, headers={"WWW-Authenticate": 'Bearer realm="segments"'})
+
+
+def require(scope: str) -> Callable[[Request], Coroutine[Any, Any, ApiKeyInfo]]:
+    """A dependency admitting API keys that hold `scope` (admin holds every scope)."""
+
+    async def check(request: Request) -> ApiKeyInfo:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise _unauthenticated("send an API key as 'Authorization: Bearer <key>'")
+        cache: ApiKeyCache = request.app.state.api_keys
+        info = await cache.lookup(request.app.state.engine, key.strip())
+        if info is None:
+            raise _unauthenticated("the API key is unknown or revoked")
+        if not info.allows(scope):
+            raise ProblemException(403, f"the API key lacks the '{scope}' scope")
+        request.state.api_key = info
+        return info
+
+    return check
+
+
+ReadKey = Annotated[ApiKeyInfo, Depends(require("segments:read"))]
+WriteKey = Annotated[ApiKeyInfo, Depends(require("segments:write"))]
+SyncKey = Annotated[ApiKeyInfo, Depends(require("syncs:write"))]
+AdminKey = Annotated[ApiKeyInfo, Depends(require("admin"))]

@@ -1,0 +1,3 @@
+"""The `source` of every event segment-api writes to the outbox."""
+
+SOURCE = "segment-api"

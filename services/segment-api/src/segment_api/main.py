@@ -1,0 +1,161 @@
+"""segment-api: the HTTP API, with the outbox relay running in the same process."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from segment_api.customers.router import router as customers_router
+from segment_api.deps import ApiKeyCache
+from segment_api.destinations.router import router as destinations_router
+from segment_api.middleware import BodyLimitMiddleware, CorrelationMiddleware
+from segment_api.orders.router import router as orders_router
+from segment_api.problems import Problem, install_problem_handlers
+from segment_api.segments.router import router as segments_router
+from segment_api.settings import ApiSettings
+from segment_api.syncs.router import router as syncs_router
+from segments_shared.apikeys import create_key
+from segments_shared.bus.relay import OutboxRelay
+from segments_shared.bus.topology import Topology
+from segments_shared.db.engine import create_engine
+from segments_shared.health import Dependency, database_check, flag_check, health_routes
+from segments_shared.observability import configure_logging
+from segments_shared.secrets import SecretBox
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Customers, orders and segments of an online store, and their delivery to email service
+providers and commerce stores.
+
+* **Auth**: `Authorization: Bearer <api key>`; scopes `segments:read`, `segments:write`,
+  `syncs:write`, `admin`.
+* **Errors**: RFC 9457 problem details (`application/problem+json`); a 422 lists each invalid
+  field in `errors` with a JSON pointer into the body or the name of the query parameter.
+* **Lists**: `?limit=` (1 to 1000) and `?cursor=` (the previous page's `next_cursor`).
+* **Money**: decimal strings with two decimals. **Timestamps**: RFC 3339, UTC.
+"""
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        relay = OutboxRelay(
+            engine,
+            settings.amqp_url.get_secret_value(),
+            Topology(settings.bus_prefix),
+            name="segment-api-relay",
+        )
+        app.state.engine = engine
+        app.state.relay = relay
+        if settings.bootstrap_api_key is not None:
+            async with engine.begin() as conn:
+                await create_key(
+                    conn, "bootstrap", ["admin"], settings.bootstrap_api_key.get_secret_value()
+                )
+        relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        try:
+            yield
+        finally:
+            relay.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(relay_task, 10)
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Segments API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses={},
+    )
+    app.state.settings = settings
+    app.state.api_keys = ApiKeyCache(settings.api_key_cache_seconds)
+    secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
+    app.state.secret_box = SecretBox(secret) if secret else None
+
+    install_problem_handlers(app)
+    for router in (
+        customers_router,
+        orders_router,
+        segments_router,
+        destinations_router,
+        syncs_router,
+    ):
+        app.include_router(router)
+
+    def _database_up() -> Dependency:
+        async def check() -> bool:
+            return await database_check(app.state.engine)()
+
+        return Dependency("database", check)
+
+    def _broker_connected() -> bool:
+        relay: OutboxRelay | None = getattr(app.state, "relay", None)
+        return relay is not None and relay.broker_connected
+
+    # The outbox absorbs a broker outage, so the broker is reported but not required.
+    for route in health_routes(
+        [_database_up(), Dependency("broker", flag_check(_broker_connected), required=False)]
+    ):
+        app.router.routes.append(route)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "If-Match",
+                "Idempotency-Key",
+                "X-Correlation-ID",
+            ],
+            expose_headers=["ETag", "Location", "X-Correlation-ID"],
+        )
+    app.add_middleware(CorrelationMiddleware)
+    _register_problem_schema(app)
+    return app
+
+
+def _register_problem_schema(app: FastAPI) -> None:
+    """Declare the Problem schema once under components, where every error response points."""
+    original = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = original()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["Problem"] = Problem.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def main() -> None:
+    settings = ApiSettings()
+    configure_logging("segment-api", settings.log_level)
+    config = uvicorn.Config(
+        create_app(settings),
+        host="0.0.0.0",
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+        proxy_headers=True,
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, PlainSerializer
+
+from segment_api.fields import ExternalId, Money, RequestModel, Text, Timestamp, with_examples
+
+OrderStatus = Literal["placed", "cancelled", "refunded"]
+MoneyOut = Annotated[Decimal, PlainSerializer(lambda value: f"{value:.2f}", return_type=str)]
+
+
+class OrderIn(RequestModel):
+    """On creation `customer_external_id`, `total` and `placed_at` are required; on update,
+    fields left out keep their stored values."""
+
+    customer_external_id: ExternalId | None = None
+    total: Money | None = Field(None, description="Decimal string, two decimals, 0 or more")
+    currency: Annotated[Text, Field(min_length=3, max_length=3)] | None = Field(
+        None, description="Must equal the store currency (defaults to it)"
+    )
+    placed_at: Timestamp | None = Field(None, description="RFC 3339 with a time zone")
+    status: OrderStatus | None = Field(None, description="Defaults to `placed` on creation")
+
+    model_config = with_examples(
+        {
+            "customer_external_id": "c-1001",
+            "total": "129.90",
+            "currency": "USD",
+            "placed_at": "2026-03-01T10:15:00Z",
+            "status": "placed",
+        }
+    )
+
+
+class Order(BaseModel):
+    external_id: str
+    customer_external_id: str
+    total: MoneyOut
+    currency: str
+    placed_at: datetime
+    status: OrderStatus
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,258 @@
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, literal, or_, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from segments_shared.db.models import (
+    Customer,
+    DestinationSegment,
+    MetricsDirtySegment,
+    Segment,
+    SegmentHistory,
+    SegmentKpis,
+    SegmentMember,
+)
+from segments_shared.db.types import AnyRow
+
+_delivery = (
+    select(
+        func.coalesce(
+            func.json_agg(
+                func.json_build_object(
+                    "destination_id",
+                    DestinationSegment.destination_id,
+                    "state",
+                    DestinationSegment.state,
+                    "last_synced_at",
+                    DestinationSegment.last_synced_at,
+                )
+            ),
+            text("'[]'::json"),
+        )
+    )
+    .where(DestinationSegment.segment_id == Segment.id)
+    .scalar_subquery()
+    .label("delivery")
+)
+
+# KPIs are stale while a change is not folded in, and before the first computation.
+_stale = or_(MetricsDirtySegment.segment_id.is_not(None), SegmentKpis.segment_id.is_(None)).label(
+    "stale"
+)
+
+SEGMENT_VIEW = (
+    select(
+        Segment.__table__,
+        SegmentKpis.customers,
+        SegmentKpis.reachable_customers,
+        SegmentKpis.total_revenue,
+        SegmentKpis.total_orders,
+        SegmentKpis.average_order_value,
+        SegmentKpis.customer_lifetime_value,
+        SegmentKpis.order_latency_days,
+        SegmentKpis.computed_at,
+        _stale,
+        _delivery,
+    )
+    .outerjoin(SegmentKpis, SegmentKpis.segment_id == Segment.id)
+    .outerjoin(MetricsDirtySegment, MetricsDirtySegment.segment_id == Segment.id)
+)
+
+
+async def get_view(conn: AsyncConnection, segment_id: uuid.UUID) -> AnyRow | None:
+    return (await conn.execute(SEGMENT_VIEW.where(Segment.id == segment_id))).first()
+
+
+async def list_views(
+    conn: AsyncConnection,
+    *,
+    kind: str | None,
+    status: str | None,
+    active: bool | None,
+    q: str | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[AnyRow]:
+    statement = SEGMENT_VIEW
+    if kind is not None:
+        statement = statement.where(Segment.kind == kind)
+    if status == "inactive":
+        statement = statement.where(Segment.active.is_(False))
+    elif status is not None:
+        statement = statement.where(Segment.active.is_(True), Segment.status == status)
+    if active is not None:
+        statement = statement.where(Segment.active.is_(active))
+    if q:
+        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        statement = statement.where(Segment.name.ilike(pattern, escape="\\"))
+    if after is not None:
+        statement = statement.where(
+            tuple_(Segment.created_at, Segment.id) > tuple_(literal(after[0]), literal(after[1]))
+        )
+    statement = statement.order_by(Segment.created_at, Segment.id).limit(limit + 1)
+    return list((await conn.execute(statement)).all())
+
+
+async def insert_segment(conn: AsyncConnection, values: dict[str, Any]) -> uuid.UUID | None:
+    """None when the name is taken (names are unique case-insensitively)."""
+    statement = (
+        insert(Segment)
+        .values(id=uuid.uuid4(), **values)
+        .on_conflict_do_nothing(index_elements=[func.lower(Segment.name)])
+        .returning(Segment.id)
+    )
+    return (await conn.execute(statement)).scalar_one_or_none()
+
+
+async def lock(conn: AsyncConnection, segment_id: uuid.UUID) -> AnyRow | None:
+    """The segment row, locked against concurrent membership changes. NO KEY UPDATE leaves
+    foreign-key checks of other tables (syncs, members) unblocked."""
+    statement = (
+        select(Segment.__table__).where(Segment.id == segment_id).with_for_update(key_share=True)
+    )
+    return (await conn.execute(statement)).first()
+
+
+_ADD_BY_EXTERNAL_ID = text(
+    """
+    WITH input AS (
+        SELECT value, min(position) AS position
+        FROM unnest(CAST(:values AS text[])) WITH ORDINALITY AS t(value, position)
+        GROUP BY value
+    ),
+    found AS (
+        SELECT c.id, i.value FROM customers c JOIN input i ON c.external_id = i.value
+    ),
+    added AS (
+        INSERT INTO segment_members (segment_id, customer_id)
+        SELECT :segment_id, id FROM found ORDER BY id
+        ON CONFLICT DO NOTHING
+        RETURNING customer_id
+    )
+    SELECT (SELECT count(*) FROM added) AS changed,
+           (SELECT count(DISTINCT id) FROM found) AS found,
+           ARRAY(SELECT value FROM input i
+                 WHERE NOT EXISTS (SELECT 1 FROM found f WHERE f.value = i.value)
+                 ORDER BY position) AS not_found
+    """
+)
+
+_REMOVE_BY_EXTERNAL_ID = text(
+    """
+    WITH input AS (
+        SELECT value, min(position) AS position
+        FROM unnest(CAST(:values AS text[])) WITH ORDINALITY AS t(value, position)
+        GROUP BY value
+    ),
+    found AS (
+        SELECT c.id, i.value FROM customers c JOIN input i ON c.external_id = i.value
+    ),
+    removed AS (
+        DELETE FROM segment_members m USING found f
+        WHERE m.segment_id = :segment_id AND m.customer_id = f.id
+        RETURNING m.customer_id
+    )
+    SELECT (SELECT count(*) FROM removed) AS changed,
+           (SELECT count(DISTINCT id) FROM found) AS found,
+           ARRAY(SELECT value FROM input i
+                 WHERE NOT EXISTS (SELECT 1 FROM found f WHERE f.value = i.value)
+                 ORDER BY position) AS not_found
+    """
+)
+
+
+def _by_email(statement: str) -> str:
+    """The same statement matching customers by email: an email names every customer with it."""
+    return statement.replace("c.external_id = i.value", "c.email = i.value")
+
+
+_ADD_BY_EMAIL = text(_by_email(_ADD_BY_EXTERNAL_ID.text))
+_REMOVE_BY_EMAIL = text(_by_email(_REMOVE_BY_EXTERNAL_ID.text))
+
+
+async def change_members(
+    conn: AsyncConnection,
+    segment_id: uuid.UUID,
+    *,
+    add: bool,
+    external_ids: list[str] | None,
+    emails: list[str] | None,
+) -> AnyRow:
+    """Add or remove members; returns (changed, found, not_found)."""
+    if external_ids is not None:
+        statement = _ADD_BY_EXTERNAL_ID if add else _REMOVE_BY_EXTERNAL_ID
+        values = external_ids
+    else:
+        statement = _ADD_BY_EMAIL if add else _REMOVE_BY_EMAIL
+        values = emails or []
+    result = await conn.execute(statement, {"segment_id": segment_id, "values": values})
+    return result.one()
+
+
+async def record_membership_change(
+    conn: AsyncConnection,
+    segment_id: uuid.UUID,
+    *,
+    entered: int,
+    exited: int,
+    cause: str,
+    correlation_id: str | None,
+) -> AnyRow:
+    """Bump the count and version of a membership change and keep it in the history."""
+    row = (
+        await conn.execute(
+            update(Segment)
+            .where(Segment.id == segment_id)
+            .values(
+                member_count=Segment.member_count + entered - exited,
+                membership_version=Segment.membership_version + 1,
+            )
+            .returning(Segment.membership_version, Segment.member_count)
+        )
+    ).one()
+    await conn.execute(
+        insert(SegmentHistory).values(
+            segment_id=segment_id,
+            membership_version=row.membership_version,
+            entered=entered,
+            exited=exited,
+            member_count=row.member_count,
+            cause=cause,
+            correlation_id=correlation_id,
+        )
+    )
+    return row
+
+
+async def list_members(
+    conn: AsyncConnection, segment_id: uuid.UUID, after: int | None, limit: int
+) -> list[AnyRow]:
+    statement = (
+        select(
+            SegmentMember.customer_id,
+            Customer.external_id,
+            Customer.email,
+            Customer.first_name,
+            Customer.last_name,
+            Customer.email_status,
+            SegmentMember.added_at,
+        )
+        .join(Customer, Customer.id == SegmentMember.customer_id)
+        .where(
+            and_(
+                SegmentMember.segment_id == segment_id,
+                SegmentMember.customer_id > (after if after is not None else 0),
+            )
+        )
+        .order_by(SegmentMember.customer_id)
+        .limit(limit + 1)
+    )
+    return list((await conn.execute(statement)).all())
+
+
+async def exists(conn: AsyncConnection, segment_id: uuid.UUID) -> bool:
+    statement = select(Segment.id).where(Segment.id == segment_id)
+    return (await conn.execute(statement)).first() is not None

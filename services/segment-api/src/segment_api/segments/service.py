@@ -1,0 +1,226 @@
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from segment_api.events import SOURCE
+from segment_api.fields import money_str
+from segment_api.pagination import decode_cursor, encode_cursor
+from segment_api.problems import ProblemException, not_found, parameter_error
+from segment_api.segments import repository
+from segment_api.segments.schemas import (
+    Member,
+    MembersAdded,
+    MembersRemoved,
+    MembersRequest,
+    Segment,
+    SegmentCreate,
+    SegmentMetrics,
+)
+from segments_shared.apikeys import ApiKeyInfo
+from segments_shared.bus.outbox import add_event
+from segments_shared.events import (
+    MembersChanged,
+    SegmentCreated,
+    SegmentMembersChanged,
+    SegmentRef,
+)
+from segments_shared.observability import current_correlation_id
+from segments_shared.staleness import mark_segments_stale
+
+
+def metrics_of(row: Any) -> SegmentMetrics:
+    if row.computed_at is None:
+        return SegmentMetrics(stale=True)
+    return SegmentMetrics(
+        customers=row.customers,
+        reachable_customers=row.reachable_customers,
+        total_revenue=money_str(row.total_revenue),
+        total_orders=row.total_orders,
+        average_order_value=money_str(row.average_order_value),
+        customer_lifetime_value=money_str(row.customer_lifetime_value),
+        order_latency_days=(
+            float(row.order_latency_days) if row.order_latency_days is not None else None
+        ),
+        computed_at=row.computed_at,
+        stale=bool(row.stale),
+    )
+
+
+def segment_of(row: Any) -> Segment:
+    segment = row
+    return Segment(
+        id=segment.id,
+        name=segment.name,
+        description=segment.description,
+        kind=segment.kind,
+        definition=segment.definition,
+        active=segment.active,
+        status="inactive" if not segment.active else segment.status,
+        member_count=segment.member_count,
+        metrics=metrics_of(row),
+        delivery=row.delivery,
+        version=segment.version,
+        created_at=segment.created_at,
+        updated_at=segment.updated_at,
+    )
+
+
+async def get_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> Segment:
+    row = await repository.get_view(conn, segment_id)
+    if row is None:
+        raise not_found("segment", segment_id)
+    return segment_of(row)
+
+
+async def create_segment(conn: AsyncConnection, body: SegmentCreate, key: ApiKeyInfo) -> Segment:
+    if body.kind == "custom" and not key.allows("admin"):
+        raise ProblemException(403, "creating a custom segment needs the admin scope")
+    segment_id = await repository.insert_segment(
+        conn,
+        {
+            "name": body.name,
+            "description": body.description,
+            "kind": body.kind,
+            "definition": body.definition.model_dump(),
+        },
+    )
+    if segment_id is None:
+        raise ProblemException(409, f"a segment named {body.name!r} already exists")
+    # New KPIs are stale until the metrics-worker computes them.
+    await mark_segments_stale(conn, [segment_id])
+    segment = await get_segment(conn, segment_id)
+    await add_event(
+        conn,
+        SegmentCreated(
+            source=SOURCE,
+            subject=str(segment_id),
+            data=SegmentRef(segment_id=segment_id, name=segment.name, version=segment.version),
+        ),
+    )
+    return segment
+
+
+def _decode_segment_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    created_at, segment_id = decode_cursor(cursor, 2)
+    try:
+        return datetime.fromisoformat(created_at), uuid.UUID(segment_id)
+    except (TypeError, ValueError) as exc:
+        raise parameter_error("cursor", "the cursor is not one this API issued") from exc
+
+
+async def list_segments(
+    conn: AsyncConnection,
+    *,
+    kind: str | None,
+    status: str | None,
+    active: bool | None,
+    q: str | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[Segment], str | None]:
+    after = _decode_segment_cursor(cursor) if cursor else None
+    rows = await repository.list_views(
+        conn, kind=kind, status=status, active=active, q=q, after=after, limit=limit
+    )
+    items = [segment_of(row) for row in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        next_cursor = encode_cursor(last.created_at.isoformat(), str(last.id))
+    return items, next_cursor
+
+
+async def _locked_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> Any:
+    row = await repository.lock(conn, segment_id)
+    if row is None:
+        raise not_found("segment", segment_id)
+    return row
+
+
+async def _apply_membership_change(
+    conn: AsyncConnection, segment: Any, *, entered: int, exited: int, cause: str
+) -> None:
+    if not entered and not exited:
+        return
+    row = await repository.record_membership_change(
+        conn,
+        segment.id,
+        entered=entered,
+        exited=exited,
+        cause=cause,
+        correlation_id=current_correlation_id(),
+    )
+    await mark_segments_stale(conn, [segment.id])
+    await add_event(
+        conn,
+        SegmentMembersChanged(
+            source=SOURCE,
+            subject=str(segment.id),
+            data=MembersChanged(
+                segment_id=segment.id,
+                added=entered,
+                removed=exited,
+                membership_version=row.membership_version,
+                cause=cause,
+            ),
+        ),
+    )
+
+
+async def add_members(
+    conn: AsyncConnection, segment_id: uuid.UUID, body: MembersRequest
+) -> MembersAdded:
+    segment = await _locked_segment(conn, segment_id)
+    result = await repository.change_members(
+        conn, segment.id, add=True, external_ids=body.external_ids, emails=body.emails
+    )
+    await _apply_membership_change(
+        conn, segment, entered=result.changed, exited=0, cause="members_added"
+    )
+    return MembersAdded(
+        added=result.changed,
+        already_members=result.found - result.changed,
+        not_found=list(result.not_found),
+    )
+
+
+async def remove_members(
+    conn: AsyncConnection, segment_id: uuid.UUID, body: MembersRequest
+) -> MembersRemoved:
+    segment = await _locked_segment(conn, segment_id)
+    result = await repository.change_members(
+        conn, segment.id, add=False, external_ids=body.external_ids, emails=body.emails
+    )
+    await _apply_membership_change(
+        conn, segment, entered=0, exited=result.changed, cause="members_removed"
+    )
+    return MembersRemoved(
+        removed=result.changed,
+        not_members=result.found - result.changed,
+        not_found=list(result.not_found),
+    )
+
+
+async def list_members(
+    conn: AsyncConnection, segment_id: uuid.UUID, cursor: str | None, limit: int
+) -> tuple[list[Member], str | None]:
+    after = None
+    if cursor:
+        (after,) = decode_cursor(cursor, 1)
+        if not isinstance(after, int):
+            raise parameter_error("cursor", "the cursor is not one this API issued")
+    if not await repository.exists(conn, segment_id):
+        raise not_found("segment", segment_id)
+    rows = await repository.list_members(conn, segment_id, after, limit)
+    items = [Member.model_validate(row, from_attributes=True) for row in rows[:limit]]
+    next_cursor = encode_cursor(rows[limit - 1].customer_id) if len(rows) > limit else None
+    return items, next_cursor
+
+
+async def get_metrics(conn: AsyncConnection, segment_id: uuid.UUID) -> SegmentMetrics:
+    row = await repository.get_view(conn, segment_id)
+    if row is None:
+        raise not_found("segment", segment_id)
+    return metrics_of(row)

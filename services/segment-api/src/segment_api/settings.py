@@ -1,0 +1,22 @@
+from pydantic import SecretStr, field_validator
+
+from segments_shared.config import ServiceSettings
+
+
+class ApiSettings(ServiceSettings):
+    api_port: int = 8000
+    bootstrap_api_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    cors_origins: str = ""
+    # Revoked keys stop working within this many seconds (keys are cached per process).
+    api_key_cache_seconds: float = 10.0
+    max_body_bytes: int = 10 * 1024 * 1024
+
+    @field_validator("store_currency")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]

@@ -1,0 +1,159 @@
+"""Consumer runner: one transaction per message, acknowledged only after it commits.
+
+Each message is recorded in the inbox in the handler's transaction, so a redelivered event is
+skipped. A handler error requeues the message; the quorum queue counts deliveries and
+dead-letters it after the limit. A message that cannot be parsed goes straight to the
+dead-letter queue: retrying it cannot help.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from segments_shared.bus.connection import BrokerConnection
+from segments_shared.bus.inbox import record_processed
+from segments_shared.bus.topology import Topology, declare_service_queue
+from segments_shared.events import Event, parse_event
+from segments_shared.observability import correlation_id_var
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[AsyncConnection, Event], Awaitable[None]]
+
+CONSUMED = Counter(
+    "segments_events_consumed", "Events consumed, by type and outcome", ["type", "outcome"]
+)
+HANDLE_SECONDS = Histogram("segments_event_handle_seconds", "Event handling time", ["type"])
+
+
+def inbox_id(event_id: str) -> uuid.UUID:
+    """Our events use UUIDs; any other id maps to a stable UUID."""
+    try:
+        return uuid.UUID(event_id)
+    except ValueError:
+        return uuid.uuid5(uuid.NAMESPACE_URL, event_id)
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        amqp_url: str,
+        topology: Topology,
+        service: str,
+        handlers: Mapping[str, Handler],
+        *,
+        prefetch: int = 100,
+        after_commit: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.topology = topology
+        self.service = service
+        self.handlers = handlers
+        self.prefetch = prefetch
+        self.after_commit = after_commit
+        self.broker = BrokerConnection(amqp_url, service)
+        self._stopping = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    @property
+    def broker_connected(self) -> bool:
+        return self.broker.is_connected
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.broker.lost.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            if await self.broker.connect_with_backoff(self._stopping) is None:
+                break
+            try:
+                channel = await self.broker.channel(publisher_confirms=False)
+                await channel.set_qos(prefetch_count=self.prefetch)
+                queue = await declare_service_queue(channel, self.topology, self.service)
+                await self._consume(queue)
+            except Exception as exc:
+                log.warning("consumer lost the broker", extra={"error": repr(exc)})
+            finally:
+                await self._drain()
+                await self.broker.close()
+            if not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+
+    async def _consume(self, queue: AbstractQueue) -> None:
+        tag = await queue.consume(self._on_message)
+        log.info("consuming", extra={"queue": queue.name})
+        await self.broker.lost.wait()
+        if self._stopping.is_set() and self.broker.is_connected:
+            # Stop taking new work; what is in flight finishes before the connection closes.
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+
+    async def _drain(self, grace_seconds: float = 25.0) -> None:
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=grace_seconds)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            await self._process(message)
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        try:
+            event = parse_event(message.body)
+        except ValidationError as exc:
+            CONSUMED.labels(type=message.type or "unknown", outcome="poison").inc()
+            log.error(
+                "unparseable event dead-lettered",
+                extra={"message_id": message.message_id, "reason": str(exc)[:2000]},
+            )
+            await message.reject(requeue=False)
+            return
+        handler = self.handlers.get(event.type)
+        token = correlation_id_var.set(event.correlationid)
+        started = time.perf_counter()
+        try:
+            if handler is not None:
+                async with self.engine.begin() as conn:
+                    if await record_processed(conn, self.service, inbox_id(event.id)):
+                        await handler(conn, event)
+                    else:
+                        CONSUMED.labels(type=event.type, outcome="duplicate").inc()
+                        log.info("duplicate event skipped", extra={"event_id": event.id})
+            await message.ack()
+        except Exception as exc:
+            CONSUMED.labels(type=event.type, outcome="error").inc()
+            log.warning(
+                "event handling failed, requeued",
+                exc_info=True,
+                extra={
+                    "event_id": event.id,
+                    "type": event.type,
+                    "delivery_count": (message.headers or {}).get("x-delivery-count", 0),
+                    "reason": repr(exc),
+                },
+            )
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            return
+        finally:
+            HANDLE_SECONDS.labels(type=event.type).observe(time.perf_counter() - started)
+            correlation_id_var.reset(token)
+        CONSUMED.labels(type=event.type, outcome="processed").inc()
+        if self.after_commit is not None:
+            self.after_commit(event)

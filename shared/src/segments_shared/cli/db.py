@@ -1,0 +1,40 @@
+"""`segments-db`: create and migrate the database."""
+
+import argparse
+import sys
+
+from alembic import command
+
+from segments_shared.config import DatabaseSettings
+from segments_shared.db.migrate import alembic_config, upgrade
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="segments-db", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser(
+        "upgrade", help="create the database if missing and migrate it to the newest revision"
+    )
+    up.add_argument("revision", nargs="?", default="head")
+    commands.add_parser("current", help="show the database's revision")
+    commands.add_parser("check", help="fail if the models differ from the migrations")
+    args = parser.parse_args(argv)
+
+    settings = DatabaseSettings()
+    try:
+        if args.command == "upgrade":
+            upgrade(settings.database_url, args.revision)
+        elif args.command == "current":
+            command.current(alembic_config(settings.database_url), verbose=True)
+        else:
+            command.check(alembic_config(settings.database_url))
+    except OSError as exc:
+        sys.stderr.write(
+            f"segments-db: cannot reach PostgreSQL at {settings.database_url}: {exc}\n"
+        )
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

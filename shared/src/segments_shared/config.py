@@ -1,0 +1,34 @@
+"""Small settings classes composed by each service (SPEC section 2).
+
+Every variable is read from the environment with the `SEGMENTS_` prefix; nothing is read at
+import time: services build their settings in `main()` or in the app factory.
+"""
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@localhost:5432/segments"
+DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
+
+
+class SegmentsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEGMENTS_", extra="ignore")
+
+
+class DatabaseSettings(SegmentsSettings):
+    database_url: str = DEFAULT_DATABASE_URL
+    database_pool_size: int = 20
+    database_pool_timeout: float = 10.0
+    database_command_timeout: float = 60.0
+
+
+class BrokerSettings(SegmentsSettings):
+    amqp_url: SecretStr = SecretStr(DEFAULT_AMQP_URL)
+    bus_prefix: str = "segments"
+
+
+class ServiceSettings(DatabaseSettings, BrokerSettings):
+    """What every service needs: the database, the broker and the log level."""
+
+    log_level: str = "INFO"
+    store_currency: str = "USD"

@@ -1,0 +1,178 @@
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from segments_shared.db.base import Base
+
+
+class Destination(Base):
+    __tablename__ = "destinations"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(Text)
+    # Non-secret configuration; secrets live encrypted in `secrets`.
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    secrets: Mapped[bytes] = mapped_column(LargeBinary)
+    # Identifies the vendor account, so limits hold across destinations sharing one.
+    account_key: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(
+            "type IN ('mailchimp', 'sendgrid', 'klaviyo', 'webhook', 'commerce')", name="type"
+        ),
+        Index("ix_destinations_created_at_id", "created_at", "id"),
+    )
+
+
+class SyncRun(Base):
+    __tablename__ = "sync_runs"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
+    # Orders runs of one segment and destination, which never overlap.
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)
+    kind: Mapped[str] = mapped_column(Text, server_default="sync")
+    segment_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("segments.id", ondelete="CASCADE")
+    )
+    destination_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("destinations.id", ondelete="CASCADE")
+    )
+    source_destination_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID, ForeignKey("destinations.id", ondelete="CASCADE")
+    )
+    status: Mapped[str] = mapped_column(Text, server_default="queued")
+    requested_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stats: Mapped[dict[str, Any]] = mapped_column(
+        JSONB,
+        server_default=text(
+            """'{"planned_add": 0, "planned_remove": 0, "added": 0, "removed": 0,"""
+            """ "skipped_unreachable": 0, "failed_records": 0}'::jsonb"""
+        ),
+    )
+    error: Mapped[str | None] = mapped_column(Text)
+    # The run's working state (remote id, phase), checkpointed after every batch.
+    checkpoint: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    correlation_id: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('sync', 'promotion')", name="kind"),
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'partial', 'failed')", name="status"
+        ),
+        # One run at a time per segment and destination.
+        Index(
+            "uq_sync_runs_active",
+            "segment_id",
+            "destination_id",
+            unique=True,
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+        Index("ix_sync_runs_segment_id_requested_at", "segment_id", "requested_at"),
+        Index(
+            "ix_sync_runs_lease",
+            "lease_expires_at",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+    )
+
+
+class SyncRunFailure(Base):
+    """Records a destination rejected, with the vendor's reason."""
+
+    __tablename__ = "sync_run_failures"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    sync_run_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("sync_runs.id", ondelete="CASCADE"), index=True
+    )
+    record: Mapped[str] = mapped_column(Text)
+    operation: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    occurred_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class DestinationSegment(Base):
+    """The remote segment a segment maps to at one destination, and its delivery state."""
+
+    __tablename__ = "destination_segments"
+
+    segment_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
+    )
+    destination_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("destinations.id", ondelete="CASCADE"), primary_key=True
+    )
+    remote_id: Mapped[str | None] = mapped_column(Text)
+    remote_name: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(Text, server_default="queued")
+    last_run_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    last_success_run_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("state IN ('queued', 'syncing', 'synced', 'failed')", name="state"),
+    )
+
+
+class DestinationMember(Base):
+    """What a destination holds for a segment, by the worker's record. Keyed by lower-cased
+    email for ESPs and by external id for commerce and webhooks."""
+
+    __tablename__ = "destination_members"
+
+    destination_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("destinations.id", ondelete="CASCADE"), primary_key=True
+    )
+    segment_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
+    )
+    member_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    # No foreign key: an erased customer stays recorded until a sync removes them remotely.
+    customer_id: Mapped[int | None] = mapped_column(BigInteger)
+    external_id: Mapped[str | None] = mapped_column(Text)
+    email: Mapped[str | None] = mapped_column(Text)
+    remote_member_id: Mapped[str | None] = mapped_column(Text)
+    synced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class VendorRateWindow(Base):
+    """Requests made per vendor account and time window, shared by every worker replica."""
+
+    __tablename__ = "vendor_rate_windows"
+
+    account_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    window: Mapped[str] = mapped_column(Text, primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used: Mapped[int] = mapped_column(Integer, server_default="0")
+    blocked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

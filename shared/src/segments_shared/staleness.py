@@ -1,0 +1,46 @@
+"""Marking segment KPIs stale, in the transaction of the change that made them so.
+
+Written by segment-api with each change (so `stale` is exact) and by the metrics-worker when
+an event arrives from elsewhere; the metrics-worker folds each segment's marks into one
+recomputation.
+"""
+
+import uuid
+from collections.abc import Collection
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+_MARK_SEGMENTS = text(
+    """
+    INSERT INTO metrics_dirty_segments (segment_id)
+    SELECT id FROM segments WHERE id = ANY(:segment_ids)
+    ORDER BY id
+    ON CONFLICT (segment_id) DO UPDATE
+    SET generation = metrics_dirty_segments.generation + 1, marked_at = now()
+    """
+)
+
+_MARK_CUSTOMER_SEGMENTS = text(
+    """
+    INSERT INTO metrics_dirty_segments (segment_id)
+    SELECT DISTINCT segment_id FROM segment_members WHERE customer_id = ANY(:customer_ids)
+    ORDER BY segment_id
+    ON CONFLICT (segment_id) DO UPDATE
+    SET generation = metrics_dirty_segments.generation + 1, marked_at = now()
+    """
+)
+
+
+async def mark_segments_stale(conn: AsyncConnection, segment_ids: Collection[uuid.UUID]) -> None:
+    if segment_ids:
+        # Sorted ids lock rows in one order across transactions: no deadlocks.
+        await conn.execute(_MARK_SEGMENTS, {"segment_ids": sorted(set(segment_ids))})
+
+
+async def mark_customer_segments_stale(
+    conn: AsyncConnection, customer_ids: Collection[int]
+) -> None:
+    """Every segment holding one of these customers."""
+    if customer_ids:
+        await conn.execute(_MARK_CUSTOMER_SEGMENTS, {"customer_ids": list(set(customer_ids))})
