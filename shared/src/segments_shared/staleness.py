@@ -2,7 +2,8 @@
 
 Written by segment-api with each change (so `stale` is exact) and by the metrics-worker when
 an event arrives from elsewhere; the metrics-worker folds each segment's marks into one
-recomputation.
+recomputation. A new mark on a marked segment bumps its generation but keeps the time of the
+first mark, so a steady stream of changes cannot postpone the recomputation forever.
 """
 
 import uuid
@@ -17,7 +18,7 @@ _MARK_SEGMENTS = text(
     SELECT id FROM segments WHERE id = ANY(:segment_ids)
     ORDER BY id
     ON CONFLICT (segment_id) DO UPDATE
-    SET generation = metrics_dirty_segments.generation + 1, marked_at = now()
+    SET generation = metrics_dirty_segments.generation + 1
     """
 )
 
@@ -27,7 +28,7 @@ _MARK_CUSTOMER_SEGMENTS = text(
     SELECT DISTINCT segment_id FROM segment_members WHERE customer_id = ANY(:customer_ids)
     ORDER BY segment_id
     ON CONFLICT (segment_id) DO UPDATE
-    SET generation = metrics_dirty_segments.generation + 1, marked_at = now()
+    SET generation = metrics_dirty_segments.generation + 1
     """
 )
 

@@ -13,7 +13,8 @@ async def insert_destination(conn: AsyncConnection, values: dict[str, Any]) -> A
     statement = (
         insert(Destination).values(id=uuid.uuid4(), **values).returning(Destination.__table__)
     )
-    return (await conn.execute(statement)).one()
+    row: AnyRow = (await conn.execute(statement)).one()
+    return row
 
 
 async def get(conn: AsyncConnection, destination_id: uuid.UUID) -> AnyRow | None:

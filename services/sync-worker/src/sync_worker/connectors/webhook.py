@@ -1,0 +1,107 @@
+"""A signed JSON webhook (SPEC section 6, DESTINATIONS.md): batches of at most 1,000 members,
+each request signed `t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`, afresh on
+every retry."""
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from segments_shared.destinations import WebhookConfig
+from sync_worker.connectors.base import (
+    BatchResult,
+    Capabilities,
+    RemoteSegment,
+    RunContext,
+    SyncMember,
+)
+from sync_worker.connectors.http import RetryPolicy, send
+
+CAPABILITIES = Capabilities(
+    batch_size=1000, concurrency=4, member_key="external_id", reachable_only=False
+)
+SIGNATURE_HEADER = "X-Segments-Signature"
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def _member(member: SyncMember) -> dict[str, Any]:
+    return {
+        "external_id": member.external_id,
+        "email": member.email,
+        "first_name": member.first_name,
+        "last_name": member.last_name,
+    }
+
+
+class WebhookConnector:
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        config: WebhookConfig,
+        secret: str,
+        context: RunContext,
+        client: httpx.AsyncClient,
+        policy: RetryPolicy,
+    ) -> None:
+        self.url = str(config.url)
+        self.secret = secret
+        self.context = context
+        self.client = client
+        self.policy = policy
+
+    async def find_or_create_segment(self, name: str, remembered_id: str | None) -> RemoteSegment:
+        # The receiver's segment is ours: its id is the segment id, named with every batch.
+        return RemoteSegment(id=self.context.segment_id, name=name)
+
+    async def read_members(self, remote: RemoteSegment) -> AsyncIterator[list[str]]:
+        # A webhook cannot be read back; the worker's record is the only truth.
+        return
+        yield []
+
+    async def add_members(self, remote: RemoteSegment, members: list[SyncMember]) -> BatchResult:
+        return await self._post(remote, added=members, removed=[])
+
+    async def remove_members(self, remote: RemoteSegment, members: list[SyncMember]) -> BatchResult:
+        return await self._post(remote, added=[], removed=members)
+
+    async def _post(
+        self, remote: RemoteSegment, *, added: list[SyncMember], removed: list[SyncMember]
+    ) -> BatchResult:
+        batch = int(self.context.checkpoint.get("webhook_batch", 0)) + 1
+        body = json.dumps(
+            {
+                "sync_id": self.context.sync_id,
+                "segment_id": self.context.segment_id,
+                "segment_name": remote.name,
+                "batch": batch,
+                "added": [_member(member) for member in added],
+                "removed": [_member(member) for member in removed],
+            },
+            separators=(",", ":"),
+        ).encode()
+
+        async def post() -> httpx.Response:
+            headers = {
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: sign(self.secret, body, int(time.time())),
+            }
+            return await self.client.post(self.url, content=body, headers=headers)
+
+        response = await send("webhook", post, self.policy, describe=f"batch {batch}")
+        self.context.checkpoint["webhook_batch"] = batch
+        if response.is_success:
+            return BatchResult()
+        reason = f"the webhook answered {response.status_code}: {response.text[:200]}"
+        return BatchResult(failed={member.key: reason for member in added + removed})
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,133 @@
+"""Claiming sync runs and carrying them out, a few at a time, each under a renewed lease."""
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from functools import partial
+
+import httpx
+from prometheus_client import Counter, Gauge
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from segments_shared.db.types import AnyRow
+from segments_shared.observability import correlation_id_var
+from segments_shared.secrets import SecretBox
+from sync_worker import runs
+from sync_worker.connectors.http import RetryPolicy
+from sync_worker.execution import Execution, Interrupted, execute_run
+from sync_worker.settings import SyncWorkerSettings
+
+log = logging.getLogger(__name__)
+
+RUNS_ACTIVE = Gauge("segments_sync_runs_active", "Sync runs this worker is carrying out")
+RUNS_ENDED = Counter("segments_sync_runs_handled", "Sync runs handled, by outcome", ["outcome"])
+
+
+class SyncRunner:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: SyncWorkerSettings,
+        secret_box: SecretBox | None,
+        worker: str,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.secret_box = secret_box
+        self.worker = worker
+        self.policy = RetryPolicy(
+            attempts=settings.sync_retry_attempts,
+            base_seconds=settings.sync_retry_base_seconds,
+            cap_seconds=settings.sync_retry_cap_seconds,
+        )
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._active: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._lost: set[uuid.UUID] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        timeout = httpx.Timeout(self.settings.sync_request_timeout_seconds, connect=10.0)
+        async with httpx.AsyncClient(
+            timeout=timeout, limits=httpx.Limits(max_connections=100)
+        ) as client:
+            while not self._stopping.is_set():
+                self._wake.clear()
+                try:
+                    await self._claim_runs(client)
+                except Exception:
+                    log.exception("claiming sync runs failed; retrying")
+                # Poll too: an expired lease is not announced by any event.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 2.0)
+            if self._active:
+                await asyncio.wait(list(self._active.values()), timeout=20)
+
+    async def _claim_runs(self, client: httpx.AsyncClient) -> None:
+        while len(self._active) < self.settings.sync_concurrency and not self._stopping.is_set():
+            run = await runs.claim_next_run(
+                self.engine, self.worker, self.settings.sync_lease_seconds
+            )
+            if run is None:
+                return
+            task = asyncio.create_task(self._carry_out(run, client), name=f"sync-{run.id}")
+            self._active[run.id] = task
+            task.add_done_callback(partial(self._done, run.id))
+
+    def _done(self, run_id: uuid.UUID, _task: asyncio.Task[None]) -> None:
+        self._active.pop(run_id, None)
+        self._lost.discard(run_id)
+        self._wake.set()
+
+    async def _carry_out(self, run: AnyRow, client: httpx.AsyncClient) -> None:
+        token = correlation_id_var.set(run.correlation_id)
+        RUNS_ACTIVE.inc()
+        renewer = asyncio.create_task(self._renew(run.id))
+        execution = Execution(
+            engine=self.engine,
+            run=run,
+            worker=self.worker,
+            lease=self.settings.sync_lease_seconds,
+            should_stop=lambda: self._stopping.is_set() or run.id in self._lost,
+        )
+        log.info("sync run started", extra={"sync_id": str(run.id), "attempt": run.attempts})
+        try:
+            await execute_run(execution, self.secret_box, client, self.policy)
+            RUNS_ENDED.labels("finished").inc()
+        except (Interrupted, runs.LeaseLost):
+            RUNS_ENDED.labels("handed_over").inc()
+            log.info("sync run handed over", extra={"sync_id": str(run.id)})
+            await runs.release_lease(self.engine, run.id, self.worker)
+        except Exception:
+            # Unexpected: leave the run to be resumed when its lease expires.
+            RUNS_ENDED.labels("error").inc()
+            log.exception(
+                "sync run crashed; it resumes when its lease expires",
+                extra={"sync_id": str(run.id)},
+            )
+        finally:
+            renewer.cancel()
+            RUNS_ACTIVE.dec()
+            correlation_id_var.reset(token)
+
+    async def _renew(self, run_id: uuid.UUID) -> None:
+        interval = self.settings.sync_lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                held = await runs.renew_lease(
+                    self.engine, run_id, self.worker, self.settings.sync_lease_seconds
+                )
+            except Exception:
+                log.warning("lease renewal failed", exc_info=True)
+                continue
+            if not held:
+                self._lost.add(run_id)
+                return

@@ -1,0 +1,211 @@
+"""Sync runs in the database: claimed with a lease the worker renews while it works, so a
+run outlives the broker's consumer timeout and a dead worker's run is resumed by another."""
+
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from segments_shared.db.types import AnyRow
+
+MAX_ATTEMPTS = 10
+
+
+class LeaseLost(Exception):
+    """Another worker took the run over (our lease expired)."""
+
+
+_CLAIM = text(
+    """
+    UPDATE sync_runs r
+    SET status = 'running', lease_owner = :worker,
+        lease_expires_at = now() + make_interval(secs => :lease),
+        started_at = coalesce(r.started_at, now()), attempts = r.attempts + 1
+    WHERE r.id = (
+        SELECT id FROM sync_runs
+        WHERE status = 'queued' OR (status = 'running' AND lease_expires_at < now())
+        ORDER BY requested_at
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING r.*
+    """
+)
+_DELIVERY_SYNCING = text(
+    "UPDATE destination_segments SET state = 'syncing', last_run_id = :run_id "
+    "WHERE segment_id = :segment_id AND destination_id = :destination_id"
+)
+
+
+async def claim_next_run(engine: AsyncEngine, worker: str, lease: float) -> AnyRow | None:
+    async with engine.begin() as conn:
+        run = (await conn.execute(_CLAIM, {"worker": worker, "lease": lease})).first()
+        if run is not None:
+            await conn.execute(
+                _DELIVERY_SYNCING,
+                {
+                    "run_id": run.id,
+                    "segment_id": run.segment_id,
+                    "destination_id": run.destination_id,
+                },
+            )
+        return run
+
+
+async def renew_lease(engine: AsyncEngine, run_id: uuid.UUID, worker: str, lease: float) -> bool:
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            text(
+                "UPDATE sync_runs SET lease_expires_at = now() + make_interval(secs => :lease) "
+                "WHERE id = :id AND lease_owner = :worker AND status = 'running'"
+            ),
+            {"id": run_id, "worker": worker, "lease": lease},
+        )
+        return bool(result.rowcount)
+
+
+async def release_lease(engine: AsyncEngine, run_id: uuid.UUID, worker: str) -> None:
+    """Hand the run back at once (graceful stop): another worker resumes it."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE sync_runs SET lease_expires_at = now() - interval '1 second' "
+                "WHERE id = :id AND lease_owner = :worker AND status = 'running'"
+            ),
+            {"id": run_id, "worker": worker},
+        )
+
+
+async def save_progress(
+    conn: AsyncConnection,
+    run_id: uuid.UUID,
+    worker: str,
+    lease: float,
+    stats: dict[str, int],
+    checkpoint: dict[str, Any],
+) -> None:
+    """Checkpoint in the caller's transaction, which also records what the batch changed."""
+    result = await conn.execute(
+        text(
+            "UPDATE sync_runs SET stats = CAST(:stats AS jsonb), "
+            "checkpoint = CAST(:checkpoint AS jsonb), "
+            "lease_expires_at = now() + make_interval(secs => :lease) "
+            "WHERE id = :id AND lease_owner = :worker AND status = 'running'"
+        ),
+        {
+            "id": run_id,
+            "worker": worker,
+            "lease": lease,
+            "stats": json.dumps(stats),
+            "checkpoint": json.dumps(checkpoint),
+        },
+    )
+    if not result.rowcount:
+        raise LeaseLost(str(run_id))
+
+
+async def record_failures(
+    conn: AsyncConnection, run_id: uuid.UUID, operation: str, failures: dict[str, str]
+) -> None:
+    if failures:
+        await conn.execute(
+            text(
+                "INSERT INTO sync_run_failures (sync_run_id, record, operation, reason) "
+                "VALUES (:run_id, :record, :operation, :reason)"
+            ),
+            [
+                {"run_id": run_id, "record": record, "operation": operation, "reason": reason}
+                for record, reason in failures.items()
+            ],
+        )
+
+
+async def finish_run(
+    conn: AsyncConnection,
+    run: AnyRow,
+    worker: str,
+    *,
+    status: str,
+    stats: dict[str, int],
+    error: str | None,
+) -> bool:
+    result = await conn.execute(
+        text(
+            "UPDATE sync_runs SET status = :status, finished_at = now(), "
+            "stats = CAST(:stats AS jsonb), error = :error, lease_owner = NULL, "
+            "lease_expires_at = NULL "
+            "WHERE id = :id AND lease_owner = :worker AND status = 'running'"
+        ),
+        {
+            "id": run.id,
+            "worker": worker,
+            "status": status,
+            "stats": json.dumps(stats),
+            "error": error,
+        },
+    )
+    if not result.rowcount:
+        return False
+    succeeded = status in ("succeeded", "partial")
+    await conn.execute(
+        text(
+            """
+            UPDATE destination_segments
+            SET state = :state,
+                last_synced_at = CASE WHEN :succeeded THEN now() ELSE last_synced_at END,
+                last_success_run_id = CASE WHEN :succeeded THEN :run_id
+                                           ELSE last_success_run_id END
+            WHERE segment_id = :segment_id AND destination_id = :destination_id
+            """
+        ),
+        {
+            "state": "synced" if succeeded else "failed",
+            "succeeded": succeeded,
+            "run_id": run.id,
+            "segment_id": run.segment_id,
+            "destination_id": run.destination_id,
+        },
+    )
+    return True
+
+
+async def load_target(conn: AsyncConnection, run: AnyRow) -> AnyRow | None:
+    """The run's segment and destination, and what we remember of the remote segment."""
+    statement = text(
+        """
+        SELECT s.name AS segment_name, d.type, d.config, d.secrets,
+               ds.remote_id, ds.remote_name
+        FROM segments s
+        JOIN destinations d ON d.id = :destination_id
+        LEFT JOIN destination_segments ds
+               ON ds.segment_id = s.id AND ds.destination_id = d.id
+        WHERE s.id = :segment_id
+        """
+    )
+    params = {"segment_id": run.segment_id, "destination_id": run.destination_id}
+    return (await conn.execute(statement, params)).first()
+
+
+async def remember_remote(
+    conn: AsyncConnection, run: AnyRow, remote_id: str, remote_name: str
+) -> None:
+    await conn.execute(
+        text(
+            """
+            INSERT INTO destination_segments
+                (segment_id, destination_id, remote_id, remote_name, state, last_run_id)
+            VALUES (:segment_id, :destination_id, :remote_id, :remote_name, 'syncing', :run_id)
+            ON CONFLICT (segment_id, destination_id) DO UPDATE
+            SET remote_id = EXCLUDED.remote_id, remote_name = EXCLUDED.remote_name
+            """
+        ),
+        {
+            "segment_id": run.segment_id,
+            "destination_id": run.destination_id,
+            "remote_id": remote_id,
+            "remote_name": remote_name,
+            "run_id": run.id,
+        },
+    )
