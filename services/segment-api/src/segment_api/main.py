@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 import uvicorn
@@ -22,7 +23,13 @@ from segments_shared.apikeys import create_key
 from segments_shared.bus.relay import OutboxRelay
 from segments_shared.bus.topology import Topology
 from segments_shared.db.engine import create_engine
-from segments_shared.health import Dependency, database_check, flag_check, health_routes
+from segments_shared.health import (
+    Dependency,
+    EmbeddedServer,
+    database_check,
+    flag_check,
+    health_routes,
+)
 from segments_shared.observability import configure_logging
 from segments_shared.secrets import SecretBox
 
@@ -142,9 +149,7 @@ def _register_problem_schema(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def main() -> None:
-    settings = ApiSettings()
-    configure_logging("segment-api", settings.log_level)
+async def serve(settings: ApiSettings) -> None:
     config = uvicorn.Config(
         create_app(settings),
         host="0.0.0.0",
@@ -154,7 +159,27 @@ def main() -> None:
         timeout_graceful_shutdown=20,
         proxy_headers=True,
     )
-    uvicorn.Server(config).run()
+    server = EmbeddedServer(config)
+
+    def request_stop() -> None:
+        # A second signal skips the wait for open connections.
+        server.force_exit = server.should_exit
+        server.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop)
+    await server.serve()
+
+
+def main() -> None:
+    settings = ApiSettings()
+    configure_logging("segment-api", settings.log_level)
+    # We handle the signals ourselves: uvicorn's own handling re-raises SIGTERM after a
+    # graceful stop, so the process would end "killed" instead of exiting 0.
+    loop_factory = uvicorn.Config(app="").get_loop_factory()
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# `make run`: check the infrastructure, create and migrate the database, then run the three
+# services in the foreground; Ctrl-C (or any service exiting) stops all three.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=.venv/bin
+
+# Development defaults; set your own in the environment (see README, "Configuration").
+export SEGMENTS_SECRET_KEY="${SEGMENTS_SECRET_KEY:-dev-only-secret-change-me}"
+export SEGMENTS_BOOTSTRAP_API_KEY="${SEGMENTS_BOOTSTRAP_API_KEY:-sk_dev_admin_key}"
+
+"$bin/python" -m segments_shared.cli.preflight || exit 1
+"$bin/segments-db" upgrade
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+"$bin/segment-api" & pids+=($!)
+"$bin/sync-worker" & pids+=($!)
+"$bin/metrics-worker" & pids+=($!)
+
+echo "segment-api on http://localhost:${SEGMENTS_API_PORT:-8000} (docs at /docs)," \
+  "admin key: $SEGMENTS_BOOTSTRAP_API_KEY; Ctrl-C stops all three." >&2
+# Whichever service exits first (or Ctrl-C) stops the others.
+wait -n "${pids[@]}" || true

@@ -1,0 +1,80 @@
+"""Check that PostgreSQL and RabbitMQ answer before starting the suite; say how to start
+whichever does not."""
+
+import asyncio
+import logging
+import sys
+
+import aio_pika
+import asyncpg
+from sqlalchemy.engine import make_url
+from yarl import URL
+
+from segments_shared.config import BrokerSettings, DatabaseSettings
+from segments_shared.db.engine import asyncpg_dsn
+
+HOW_TO_START = {
+    "PostgreSQL": (
+        "docker compose up -d postgres, or start the system service "
+        "(sudo systemctl start postgresql, or "
+        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)"
+    ),
+    "RabbitMQ": (
+        "docker compose up -d rabbitmq, or start the system service "
+        "(sudo systemctl start rabbitmq-server, or rabbitmq-server -detached)"
+    ),
+}
+
+
+async def _postgres(url: str) -> str | None:
+    try:
+        conn = await asyncpg.connect(
+            asyncpg_dsn(make_url(url).set(database="postgres")), timeout=5
+        )
+    except Exception as exc:
+        return repr(exc)
+    await conn.close()
+    return None
+
+
+async def _rabbitmq(url: str) -> str | None:
+    try:
+        connection = await aio_pika.connect(url, timeout=5)
+    except Exception as exc:
+        return repr(exc)
+    await connection.close()
+    return None
+
+
+async def check() -> list[str]:
+    database = DatabaseSettings()
+    broker = BrokerSettings()
+    database_url = make_url(database.database_url)
+    broker_url = broker.amqp_url.get_secret_value()
+    results = await asyncio.gather(_postgres(database.database_url), _rabbitmq(broker_url))
+    problems = []
+    for (name, where), error in zip(
+        (
+            ("PostgreSQL", f"{database_url.host}:{database_url.port or 5432}"),
+            ("RabbitMQ", f"{URL(broker_url).host}:{URL(broker_url).port or 5672}"),
+        ),
+        results,
+        strict=True,
+    ):
+        if error is not None:
+            problems.append(
+                f"{name} is not reachable at {where} ({error}).\n  Start it: {HOW_TO_START[name]}"
+            )
+    return problems
+
+
+def main() -> int:
+    logging.disable(logging.CRITICAL)  # the drivers' own connection errors repeat ours
+    problems = asyncio.run(check())
+    for problem in problems:
+        sys.stderr.write(problem + "\n")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
