@@ -21,7 +21,9 @@ async def test_customer_segment_members_roundtrip(api: httpx.AsyncClient) -> Non
     assert r.status_code == 201, r.text
     segment = r.json()
     assert r.headers["location"].endswith(segment["id"])
-    r = await api.post(f"/v1/segments/{segment['id']}/members", json={"external_ids": ["c1", "nope", "c1"]})
+    r = await api.post(
+        f"/v1/segments/{segment['id']}/members", json={"external_ids": ["c1", "nope", "c1"]}
+    )
     assert r.json() == {"added": 1, "already_members": 0, "not_found": ["nope"]}, r.text
     r = await api.get(f"/v1/segments/{segment['id']}")
     assert r.json()["member_count"] == 1
