@@ -172,7 +172,12 @@ async def test_members_body_must_name_exactly_one_list_of_at_most_10000(
 ) -> None:
     segment_id = await make_segment(api)
     before = await row_counts()
-    for body in ({}, {"external_ids": ["a"], "emails": ["a@example.com"]}, {"external_ids": []}):
+    bodies: list[dict[str, Any]] = [
+        {},
+        {"external_ids": ["a"], "emails": ["a@example.com"]},
+        {"external_ids": []},
+    ]
+    for body in bodies:
         assert_problem(await api.post(f"/v1/segments/{segment_id}/members", json=body), 422)
     problem = assert_problem(
         await api.post(
