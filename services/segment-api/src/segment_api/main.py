@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from segment_api.customers.router import router as customers_router
 from segment_api.deps import ApiKeyCache
@@ -60,15 +62,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
         )
         app.state.engine = engine
         app.state.relay = relay
-        if settings.bootstrap_api_key is not None:
-            async with engine.begin() as conn:
-                await create_key(
-                    conn, "bootstrap", ["admin"], settings.bootstrap_api_key.get_secret_value()
-                )
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+        bootstrap_task = asyncio.create_task(_ensure_bootstrap_key(engine, settings))
+        # With the database up this takes milliseconds; without it, start anyway.
+        await asyncio.wait({bootstrap_task}, timeout=5)
         try:
             yield
         finally:
+            bootstrap_task.cancel()
             relay.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(relay_task, 10)
@@ -130,6 +131,25 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_middleware(CorrelationMiddleware)
     _register_problem_schema(app)
     return app
+
+
+async def _ensure_bootstrap_key(engine: AsyncEngine, settings: ApiSettings) -> None:
+    """Declare the bootstrap admin key, retrying while the database is unreachable (the API
+    still starts and `/readyz` says what is wrong)."""
+    if settings.bootstrap_api_key is None:
+        return
+    delay = 0.5
+    while True:
+        try:
+            async with engine.begin() as conn:
+                await create_key(
+                    conn, "bootstrap", ["admin"], settings.bootstrap_api_key.get_secret_value()
+                )
+            return
+        except (OSError, SQLAlchemyError) as exc:
+            log.warning("cannot declare the bootstrap API key yet", extra={"error": repr(exc)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def _register_problem_schema(app: FastAPI) -> None:
