@@ -12,6 +12,12 @@ class ApiSettings(ServiceSettings):
     api_key_cache_seconds: float = 10.0
     max_body_bytes: int = 10 * 1024 * 1024
 
+    @field_validator("bootstrap_api_key", "secret_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `SEGMENTS_BOOTSTRAP_API_KEY=` in a .env file means "no key", not "an empty key".
+        return None if value == "" else value
+
     @field_validator("store_currency")
     @classmethod
     def _upper(cls, value: str) -> str:

@@ -77,6 +77,7 @@ class OutboxRelay:
         *,
         name: str = "relay",
         batch_size: int = 500,
+        concurrency: int = 2,
         poll_interval: float = 1.0,
         publish_timeout: float = 10.0,
         keep_published_hours: int = 24,
@@ -85,6 +86,7 @@ class OutboxRelay:
         self.topology = topology
         self.broker = BrokerConnection(amqp_url, name)
         self.batch_size = batch_size
+        self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.publish_timeout = publish_timeout
         self.keep_published_hours = keep_published_hours
@@ -120,7 +122,8 @@ class OutboxRelay:
                     await self._pump(exchange)
                 except Exception as exc:
                     PUBLISH_FAILURES.inc()
-                    log.warning("relay lost the broker", extra={"error": repr(exc)})
+                    cause = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
+                    log.warning("relay lost the broker", extra={"error": repr(cause)})
                 finally:
                     await self.broker.close()
                 if not self._stopping.is_set():
@@ -134,11 +137,18 @@ class OutboxRelay:
     async def _pump(self, exchange: AbstractExchange) -> None:
         while not self._stopping.is_set() and not self.broker.lost.is_set():
             self._wake.clear()
-            published = await self.publish_batch(exchange)
-            if published >= self.batch_size:
-                continue
+            # Several drains claim disjoint batches (SKIP LOCKED), so one batch's database
+            # round trips overlap another's wait for confirms.
+            async with asyncio.TaskGroup() as group:
+                for _ in range(self.concurrency):
+                    group.create_task(self._drain(exchange))
             await self._maybe_purge()
             await self._sleep(self.poll_interval)
+
+    async def _drain(self, exchange: AbstractExchange) -> None:
+        while not self._stopping.is_set():
+            if await self.publish_batch(exchange) < self.batch_size:
+                return
 
     async def _sleep(self, seconds: float) -> None:
         try:

@@ -28,9 +28,7 @@ HOW_TO_START = {
 
 async def _postgres(url: str) -> str | None:
     try:
-        conn = await asyncpg.connect(
-            asyncpg_dsn(make_url(url).set(database="postgres")), timeout=5
-        )
+        conn = await asyncpg.connect(asyncpg_dsn(make_url(url).set(database="postgres")), timeout=5)
     except Exception as exc:
         return repr(exc)
     await conn.close()
