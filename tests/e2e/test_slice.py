@@ -21,9 +21,9 @@ SECRET = "e2e-webhook-secret-0123456789"
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = 20.0
+    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], within: float = 20.0
 ) -> T:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = await probe()
         if done(value) or time.monotonic() > deadline:

@@ -1,0 +1,70 @@
+"""Set-up shared by the benchmarks: a fresh database and bus prefix of their own."""
+
+import asyncio
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+import aio_pika
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from segments_shared.bus.topology import Topology, delete_all
+from segments_shared.db.engine import asyncpg_dsn
+from segments_shared.db.migrate import upgrade_async
+
+SERVER_URL = os.environ.get(
+    "SEGMENTS_BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+AMQP_URL = os.environ.get("SEGMENTS_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+async def fresh_database(name: str) -> str:
+    """Drop and re-create a database, migrated to head; returns its URL."""
+    admin = await asyncpg.connect(asyncpg_dsn(make_url(SERVER_URL).set(database="postgres")))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    url = make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
+    await upgrade_async(url)
+    return url
+
+
+def bench_prefix() -> str:
+    return f"bench-{uuid.uuid4().hex[:8]}"
+
+
+async def remove_topology(prefix: str) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        await delete_all(await connection.channel(), Topology(prefix))
+    finally:
+        await connection.close()
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary_ms(values: Sequence[float]) -> str:
+    if not values:
+        return "no samples"
+    parts = [
+        f"p{int(fraction * 100)} {percentile(values, fraction) * 1000:.1f} ms"
+        for fraction in (0.5, 0.95, 0.99)
+    ]
+    return ", ".join([*parts, f"mean {statistics.fmean(values) * 1000:.1f} ms"])
+
+
+async def wait_until(condition: Callable[[], bool], within: float) -> None:
+    """Poll a condition another task makes true (the benchmarks' consumers append to lists)."""
+    deadline = time.monotonic() + within
+    while True:
+        if condition() or time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(0.05)

@@ -1,0 +1,189 @@
+"""From an API commit to the event on the queue, at a steady 500 events/s (issue: p99 under
+200 ms). Baseline: a bare aio-pika publish-to-consume round trip at the same rate.
+
+    python -m bench.event_latency [--rate 500] [--seconds 20]
+
+segment-api runs as its own process (the installed console command); this process drives
+`PUT /v1/customers/{id}` open-loop at the given rate and consumes `customer.changed` from the
+metrics-worker's queue, measuring receive time minus the event's `time` (set in the request's
+transaction, just before its commit).
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+from aio_pika.abc import AbstractIncomingMessage
+
+from bench.common import (
+    AMQP_URL,
+    bench_prefix,
+    fresh_database,
+    remove_topology,
+    summary_ms,
+    wait_until,
+)
+from segments_shared.bus.topology import Topology, declare_all
+
+KEY = "sk_bench_admin_key_0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def start_api(url: str, prefix: str, port: int) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "SEGMENTS_DATABASE_URL": url,
+        "SEGMENTS_AMQP_URL": AMQP_URL,
+        "SEGMENTS_BUS_PREFIX": prefix,
+        "SEGMENTS_API_PORT": str(port),
+        "SEGMENTS_BOOTSTRAP_API_KEY": KEY,
+        "SEGMENTS_LOG_LEVEL": "WARNING",
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "segment-api"),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    async with httpx.AsyncClient() as client:
+        for _ in range(300):
+            try:
+                if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                    return process
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("segment-api did not become ready")
+
+
+async def paced(
+    rate: float, seconds: float, fire: Callable[[int], Coroutine[Any, Any, None]]
+) -> list[asyncio.Task[None]]:
+    """Start `fire(i)` at a steady rate (open loop: late answers do not slow the schedule)."""
+    tasks: list[asyncio.Task[None]] = []
+    started = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(fire(i)))
+    return tasks
+
+
+async def api_latencies(
+    url: str, prefix: str, rate: float, seconds: float
+) -> tuple[list[float], list[float], int]:
+    port = free_port()
+    api = await start_api(url, prefix, port)
+    latencies: list[float] = []
+    http_times: list[float] = []
+    errors = 0
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=1000)
+    queue = await channel.get_queue(Topology(prefix).service_queue("metrics-worker"), ensure=False)
+    await queue.purge()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        received = time.time()
+        event = json.loads(message.body)
+        if event["type"] == "customer.changed":
+            latencies.append(received - datetime.fromisoformat(event["time"]).timestamp())
+        await message.ack()
+
+    tag = await queue.consume(on_message)
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Authorization": f"Bearer {KEY}"},
+        limits=limits,
+        timeout=30,
+    ) as client:
+
+        async def fire(i: int) -> None:
+            nonlocal errors
+            started = time.perf_counter()
+            response = await client.put(f"/v1/customers/bench-{i}", json={"first_name": "B"})
+            http_times.append(time.perf_counter() - started)
+            if response.status_code not in (200, 201):
+                errors += 1
+
+        tasks = await paced(rate, seconds, fire)
+        await asyncio.gather(*tasks)
+    expected = int(rate * seconds)
+    await wait_until(lambda: len(latencies) >= expected - errors, within=30)
+    await queue.cancel(tag)
+    await connection.close()
+    api.terminate()
+    await api.wait()
+    return latencies, http_times, errors
+
+
+async def broker_latencies(prefix: str, rate: float, seconds: float) -> list[float]:
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.get_exchange(Topology(prefix).events_exchange, ensure=False)
+    queue = await channel.get_queue(Topology(prefix).service_queue("metrics-worker"), ensure=False)
+    await queue.purge()
+    latencies: list[float] = []
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        latencies.append(time.time() - float(message.body))
+        await message.ack()
+
+    tag = await queue.consume(on_message)
+
+    async def fire(_: int) -> None:
+        await exchange.publish(
+            aio_pika.Message(str(time.time()).encode(), delivery_mode=2),
+            routing_key="customer.changed",
+            mandatory=True,
+            timeout=30,
+        )
+
+    tasks = await paced(rate, seconds, fire)
+    await asyncio.gather(*tasks)
+    await wait_until(lambda: len(latencies) >= len(tasks), within=10)
+    await queue.cancel(tag)
+    await connection.close()
+    return latencies
+
+
+async def main(rate: float, seconds: float) -> None:
+    url = await fresh_database("segments_bench_latency")
+    prefix = bench_prefix()
+    connection = await aio_pika.connect(AMQP_URL)
+    await declare_all(await connection.channel(), Topology(prefix))
+    await connection.close()
+    try:
+        baseline = await broker_latencies(prefix, rate, seconds)
+        latencies, http_times, errors = await api_latencies(url, prefix, rate, seconds)
+    finally:
+        await remove_topology(prefix)
+    print(f"rate: {rate:.0f} events/s for {seconds:.0f} s")
+    print(f"bare broker publish -> consume: {summary_ms(baseline)} ({len(baseline)} messages)")
+    print(f"API commit -> event on queue:   {summary_ms(latencies)} ({len(latencies)} events)")
+    print(f"HTTP PUT /v1/customers/{{id}}:    {summary_ms(http_times)} ({errors} errors)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=500)
+    parser.add_argument("--seconds", type=float, default=20)
+    args = parser.parse_args()
+    asyncio.run(main(args.rate, args.seconds))
