@@ -18,9 +18,17 @@ async def _transaction(request: Request) -> AsyncIterator[AsyncConnection]:
         yield conn
 
 
+async def _read_connection(request: Request) -> AsyncIterator[AsyncConnection]:
+    engine: AsyncEngine = request.app.state.read_engine
+    async with engine.connect() as conn:
+        yield conn
+
+
 # scope="function" commits before the response is sent: a failed commit is an error answer,
 # never a 2xx for a change that was lost.
 Db = Annotated[AsyncConnection, Depends(_transaction, scope="function")]
+# Reads that need no transaction: one statement, one round trip, no BEGIN/COMMIT.
+ReadDb = Annotated[AsyncConnection, Depends(_read_connection, scope="function")]
 
 
 def get_settings(request: Request) -> ApiSettings:

@@ -24,7 +24,7 @@ from segment_api.syncs.router import router as syncs_router
 from segments_shared.apikeys import create_key
 from segments_shared.bus.relay import OutboxRelay
 from segments_shared.bus.topology import Topology
-from segments_shared.db.engine import create_engine
+from segments_shared.db.engine import autocommit, create_engine
 from segments_shared.health import (
     Dependency,
     EmbeddedServer,
@@ -53,7 +53,7 @@ providers and commerce stores.
 def create_app(settings: ApiSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings)
+        engine = create_engine(settings, pre_ping=False)
         relay = OutboxRelay(
             engine,
             settings.amqp_url.get_secret_value(),
@@ -61,6 +61,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             name="segment-api-relay",
         )
         app.state.engine = engine
+        app.state.read_engine = autocommit(engine)
         app.state.relay = relay
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
         bootstrap_task = asyncio.create_task(_ensure_bootstrap_key(engine, settings))

@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -188,6 +189,28 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else None
         headers = dict(exc.headers) if exc.headers else None
         return problem_response(exc.status_code, detail, instance=request.url.path, headers=headers)
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> Response:
+        if exc.connection_invalidated or isinstance(exc.orig, OSError):
+            log.warning("database connection lost", extra={"path": request.url.path})
+            return problem_response(
+                503,
+                "the database connection was lost; retry the request",
+                instance=request.url.path,
+                headers={"Retry-After": "1"},
+            )
+        return await _unexpected(request, exc)
+
+    @app.exception_handler(OSError)
+    async def _unreachable(request: Request, exc: OSError) -> Response:
+        log.warning("database unreachable", extra={"path": request.url.path, "error": repr(exc)})
+        return problem_response(
+            503,
+            "the database is unreachable",
+            instance=request.url.path,
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

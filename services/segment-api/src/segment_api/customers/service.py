@@ -1,3 +1,4 @@
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -10,8 +11,8 @@ from segments_shared.events import CustomerChanged, CustomerIds
 from segments_shared.staleness import mark_customer_segments_stale
 
 
-def to_customer(row: Any) -> Customer:
-    return Customer.model_validate(row, from_attributes=True)
+def to_customer(row: Mapping[str, Any]) -> Customer:
+    return Customer.model_validate(dict(row))
 
 
 def _fields(body: CustomerIn) -> dict[str, Any]:
@@ -28,12 +29,12 @@ async def put_customer(
 ) -> tuple[Customer, bool]:
     before = await repository.lock_reachability(conn, external_id)
     row, created = await repository.upsert(conn, external_id, _fields(body))
-    if before is not None and (before.email, before.email_status) != (
-        row.email,
-        row.email_status,
+    if before is not None and (before["email"], before["email_status"]) != (
+        row["email"],
+        row["email_status"],
     ):
         # Reachability feeds KPIs: the segments holding this customer are stale now.
-        await mark_customer_segments_stale(conn, [row.id])
+        await mark_customer_segments_stale(conn, [row["id"]])
     await add_event(
         conn,
         CustomerChanged(

@@ -1,4 +1,5 @@
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -6,6 +7,7 @@ from sqlalchemy import and_, func, literal, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from segments_shared.db.engine import driver_connection
 from segments_shared.db.models import (
     Customer,
     DestinationSegment,
@@ -62,8 +64,31 @@ SEGMENT_VIEW = (
 )
 
 
-async def get_view(conn: AsyncConnection, segment_id: uuid.UUID) -> AnyRow | None:
-    return (await conn.execute(SEGMENT_VIEW.where(Segment.id == segment_id))).first()
+# The same view as SEGMENT_VIEW, as plain SQL for the hottest read (one prepared statement).
+_VIEW_BY_ID = """
+    SELECT s.id, s.name, s.description, s.kind, s.definition, s.active, s.status,
+           s.member_count, s.membership_version, s.version, s.created_at, s.updated_at,
+           k.customers, k.reachable_customers, k.total_revenue, k.total_orders,
+           k.average_order_value, k.customer_lifetime_value, k.order_latency_days,
+           k.computed_at,
+           (d.segment_id IS NOT NULL OR k.segment_id IS NULL) AS stale,
+           coalesce((
+               SELECT json_agg(json_build_object(
+                   'destination_id', ds.destination_id, 'state', ds.state,
+                   'last_synced_at', ds.last_synced_at) ORDER BY ds.created_at)
+               FROM destination_segments ds WHERE ds.segment_id = s.id
+           ), '[]'::json) AS delivery
+    FROM segments s
+    LEFT JOIN segment_kpis k ON k.segment_id = s.id
+    LEFT JOIN metrics_dirty_segments d ON d.segment_id = s.id
+    WHERE s.id = $1
+"""
+
+
+async def get_view(conn: AsyncConnection, segment_id: uuid.UUID) -> Mapping[str, Any] | None:
+    driver = await driver_connection(conn)
+    row: Mapping[str, Any] | None = await driver.fetchrow(_VIEW_BY_ID, segment_id)
+    return row
 
 
 async def list_views(

@@ -3,7 +3,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from segment_api.deps import Db, ReadKey, WriteKey
+from segment_api.deps import Db, ReadDb, ReadKey, WriteKey
 from segment_api.pagination import Cursor, Limit, Page
 from segment_api.problems import problem_responses
 from segment_api.segments import service
@@ -72,7 +72,7 @@ async def list_segments(
     summary="Read a segment, with its KPIs and delivery state",
     responses=problem_responses(401, 403, 404, 422),
 )
-async def get_segment(segment_id: SegmentId, db: Db, _: ReadKey, response: Response) -> Segment:
+async def get_segment(segment_id: SegmentId, db: ReadDb, _: ReadKey, response: Response) -> Segment:
     segment = await service.get_segment(db, segment_id)
     response.headers["ETag"] = etag(segment.version)
     return segment
@@ -84,7 +84,7 @@ async def get_segment(segment_id: SegmentId, db: Db, _: ReadKey, response: Respo
     summary="The segment's lifetime KPIs",
     responses=problem_responses(401, 403, 404, 422),
 )
-async def get_metrics(segment_id: SegmentId, db: Db, _: ReadKey) -> SegmentMetrics:
+async def get_metrics(segment_id: SegmentId, db: ReadDb, _: ReadKey) -> SegmentMetrics:
     return await service.get_metrics(db, segment_id)
 
 

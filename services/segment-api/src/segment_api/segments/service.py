@@ -1,4 +1,5 @@
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -30,40 +31,38 @@ from segments_shared.observability import current_correlation_id
 from segments_shared.staleness import mark_segments_stale
 
 
-def metrics_of(row: Any) -> SegmentMetrics:
-    if row.computed_at is None:
+def metrics_of(row: Mapping[str, Any]) -> SegmentMetrics:
+    if row["computed_at"] is None:
         return SegmentMetrics(stale=True)
+    latency = row["order_latency_days"]
     return SegmentMetrics(
-        customers=row.customers,
-        reachable_customers=row.reachable_customers,
-        total_revenue=money_str(row.total_revenue),
-        total_orders=row.total_orders,
-        average_order_value=money_str(row.average_order_value),
-        customer_lifetime_value=money_str(row.customer_lifetime_value),
-        order_latency_days=(
-            float(row.order_latency_days) if row.order_latency_days is not None else None
-        ),
-        computed_at=row.computed_at,
-        stale=bool(row.stale),
+        customers=row["customers"],
+        reachable_customers=row["reachable_customers"],
+        total_revenue=money_str(row["total_revenue"]),
+        total_orders=row["total_orders"],
+        average_order_value=money_str(row["average_order_value"]),
+        customer_lifetime_value=money_str(row["customer_lifetime_value"]),
+        order_latency_days=float(latency) if latency is not None else None,
+        computed_at=row["computed_at"],
+        stale=bool(row["stale"]),
     )
 
 
-def segment_of(row: Any) -> Segment:
-    segment = row
+def segment_of(row: Mapping[str, Any]) -> Segment:
     return Segment(
-        id=segment.id,
-        name=segment.name,
-        description=segment.description,
-        kind=segment.kind,
-        definition=segment.definition,
-        active=segment.active,
-        status="inactive" if not segment.active else segment.status,
-        member_count=segment.member_count,
+        id=row["id"],
+        name=row["name"],
+        description=row["description"],
+        kind=row["kind"],
+        definition=row["definition"],
+        active=row["active"],
+        status="inactive" if not row["active"] else row["status"],
+        member_count=row["member_count"],
         metrics=metrics_of(row),
-        delivery=row.delivery,
-        version=segment.version,
-        created_at=segment.created_at,
-        updated_at=segment.updated_at,
+        delivery=row["delivery"],
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
@@ -124,7 +123,7 @@ async def list_segments(
     rows = await repository.list_views(
         conn, kind=kind, status=status, active=active, q=q, after=after, limit=limit
     )
-    items = [segment_of(row) for row in rows[:limit]]
+    items = [segment_of(dict(row._mapping)) for row in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = items[-1]
