@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from segment_api.customers.router import router as customers_router
 from segment_api.deps import ApiKeyCache
 from segment_api.destinations.router import router as destinations_router
+from segment_api.idempotency import IdempotencyMiddleware, purge_expired_keys
 from segment_api.middleware import BodyLimitMiddleware, CorrelationMiddleware
 from segment_api.orders.router import router as orders_router
 from segment_api.problems import Problem, install_problem_handlers
@@ -65,12 +66,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
         app.state.relay = relay
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
         bootstrap_task = asyncio.create_task(_ensure_bootstrap_key(engine, settings))
+        purge_task = asyncio.create_task(purge_expired_keys(engine))
         # With the database up this takes milliseconds; without it, start anyway.
         await asyncio.wait({bootstrap_task}, timeout=5)
         try:
             yield
         finally:
             bootstrap_task.cancel()
+            purge_task.cancel()
             relay.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(relay_task, 10)
@@ -114,6 +117,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     ):
         app.router.routes.append(route)
 
+    # Innermost first: the idempotency check sees the body after the size limit.
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origin_list:
         app.add_middleware(

@@ -1,5 +1,5 @@
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -90,3 +90,121 @@ async def ids_by_external_id(conn: AsyncConnection, external_ids: list[str]) -> 
         select(Customer.external_id, Customer.id).where(Customer.external_id.in_(external_ids))
     )
     return {row.external_id: row.id for row in rows}
+
+
+_LOCK_MANY = """
+    SELECT id, external_id, email, email_status FROM customers
+    WHERE external_id = ANY($1::text[])
+    ORDER BY external_id
+    FOR UPDATE
+"""
+_INSERT_MANY = """
+    INSERT INTO customers
+        (external_id, email, first_name, last_name, email_status, attributes,
+         shipping_address, billing_address)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::jsonb[], $7::jsonb[], $8::jsonb[])
+    ON CONFLICT (external_id) DO NOTHING
+    RETURNING external_id
+"""
+_UPDATE_MANY = """
+    UPDATE customers c SET
+        email = CASE WHEN u.m_email THEN u.email ELSE c.email END,
+        first_name = CASE WHEN u.m_first_name THEN u.first_name ELSE c.first_name END,
+        last_name = CASE WHEN u.m_last_name THEN u.last_name ELSE c.last_name END,
+        email_status = CASE WHEN u.m_email_status THEN u.email_status ELSE c.email_status END,
+        attributes = CASE WHEN u.m_attributes THEN u.attributes ELSE c.attributes END,
+        shipping_address =
+            CASE WHEN u.m_shipping_address THEN u.shipping_address ELSE c.shipping_address END,
+        billing_address =
+            CASE WHEN u.m_billing_address THEN u.billing_address ELSE c.billing_address END,
+        updated_at = now()
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                $6::jsonb[], $7::jsonb[], $8::jsonb[],
+                $9::bool[], $10::bool[], $11::bool[], $12::bool[], $13::bool[], $14::bool[],
+                $15::bool[])
+         AS u(external_id, email, first_name, last_name, email_status, attributes,
+              shipping_address, billing_address,
+              m_email, m_first_name, m_last_name, m_email_status, m_attributes,
+              m_shipping_address, m_billing_address)
+    WHERE c.external_id = u.external_id AND c.external_id <> ALL($16::text[])
+    RETURNING c.id, c.email, c.email_status
+"""
+
+
+async def upsert_many(
+    conn: AsyncConnection, items: Sequence[tuple[str, Mapping[str, Any]]]
+) -> tuple[int, list[int]]:
+    """Upsert customers in three set-based statements; each item's given fields only.
+
+    Returns how many were created, and the ids of existing customers whose email or email
+    status changed (their segments' KPIs are stale).
+    """
+    driver = await driver_connection(conn)
+    external_ids = [external_id for external_id, _ in items]
+    # Locking in one order keeps concurrent bulk calls from deadlocking.
+    before = {
+        row["id"]: (row["email"], row["email_status"])
+        for row in await driver.fetch(_LOCK_MANY, external_ids)
+    }
+    columns: list[list[Any]] = [
+        [
+            _parameter(name, fields[name] if name in fields else INSERT_DEFAULTS.get(name))
+            for _, fields in items
+        ]
+        for name in FIELDS
+    ]
+    created = [
+        row["external_id"] for row in await driver.fetch(_INSERT_MANY, external_ids, *columns)
+    ]
+    masks = [[name in fields for _, fields in items] for name in FIELDS]
+    updated = await driver.fetch(_UPDATE_MANY, external_ids, *columns, *masks, created)
+    changed = [
+        row["id"]
+        for row in updated
+        if row["id"] in before and before[row["id"]] != (row["email"], row["email_status"])
+    ]
+    return len(created), changed
+
+
+_LIST = f"""
+    SELECT {RETURNED} FROM customers
+    WHERE ($1::text IS NULL OR email = $1) AND id > $2
+    ORDER BY id
+    LIMIT $3
+"""
+
+
+async def list_customers(
+    conn: AsyncConnection, email: str | None, after: int, limit: int
+) -> list[Mapping[str, Any]]:
+    driver = await driver_connection(conn)
+    rows: list[Mapping[str, Any]] = await driver.fetch(_LIST, email, after, limit)
+    return rows
+
+
+_ERASE_MEMBERSHIPS = """
+    DELETE FROM segment_members WHERE customer_id = $1 RETURNING segment_id
+"""
+_ERASE = "DELETE FROM customers WHERE id = $1"
+
+
+async def lock_for_erasure(conn: AsyncConnection, external_id: str) -> int | None:
+    driver = await driver_connection(conn)
+    customer_id: int | None = await driver.fetchval(
+        "SELECT id FROM customers WHERE external_id = $1 FOR UPDATE", external_id
+    )
+    return customer_id
+
+
+async def delete_memberships(conn: AsyncConnection, customer_id: int) -> list[Any]:
+    """The segments the customer left, in a stable order."""
+    driver = await driver_connection(conn)
+    rows = await driver.fetch(_ERASE_MEMBERSHIPS, customer_id)
+    return sorted({row["segment_id"] for row in rows})
+
+
+async def delete_customer(conn: AsyncConnection, customer_id: int) -> None:
+    """The customer, their orders, RFM scores and explicit segment overrides (cascades)."""
+    driver = await driver_connection(conn)
+    await driver.execute(_ERASE, customer_id)

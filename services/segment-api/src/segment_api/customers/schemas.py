@@ -71,5 +71,23 @@ class Customer(BaseModel):
     updated_at: datetime
 
 
-class CustomerKey(BaseModel):
+class CustomerBulkItem(CustomerIn):
     external_id: ExternalId
+
+
+class CustomersBulk(RequestModel):
+    customers: Annotated[list[CustomerBulkItem], Field(min_length=1, max_length=10_000)]
+
+    model_config = with_examples(
+        {
+            "customers": [
+                {"external_id": "c-1001", "email": "ada@example.com", "email_status": "subscribed"},
+                {"external_id": "c-1002", "first_name": "Grace"},
+            ]
+        }
+    )
+
+
+class BulkResult(BaseModel):
+    created: int
+    updated: int = Field(description="Every item that already existed, changed or not")

@@ -1,46 +1,95 @@
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, literal_column, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from segments_shared.db.engine import driver_connection
 from segments_shared.db.models import Customer, Order
 from segments_shared.db.types import AnyRow
 
-CREATED: ColumnElement[bool] = literal_column("orders.xmax = 0").label("created")
-RETURNED = (
-    Order.external_id,
-    Order.customer_id,
-    Order.total,
-    Order.currency,
-    Order.placed_at,
-    Order.status,
-    Order.created_at,
-    Order.updated_at,
-)
+# Upserted columns, in the order of the statements' parameters.
+COLUMNS = ("customer_id", "total", "currency", "placed_at", "status")
+
+_LOCK = """
+    SELECT external_id, customer_id FROM orders
+    WHERE external_id = ANY($1::text[])
+    ORDER BY external_id
+    FOR UPDATE
+"""
+_INSERT = """
+    INSERT INTO orders (external_id, customer_id, total, currency, placed_at, status)
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::numeric[], $4::text[],
+                         $5::timestamptz[], $6::text[])
+    ON CONFLICT (external_id) DO NOTHING
+    RETURNING external_id, customer_id
+"""
+_UPDATE = """
+    UPDATE orders o SET
+        customer_id = CASE WHEN u.m_customer_id THEN u.customer_id ELSE o.customer_id END,
+        total = CASE WHEN u.m_total THEN u.total ELSE o.total END,
+        currency = CASE WHEN u.m_currency THEN u.currency ELSE o.currency END,
+        placed_at = CASE WHEN u.m_placed_at THEN u.placed_at ELSE o.placed_at END,
+        status = CASE WHEN u.m_status THEN u.status ELSE o.status END,
+        updated_at = now()
+    FROM unnest($1::text[], $2::bigint[], $3::numeric[], $4::text[], $5::timestamptz[],
+                $6::text[], $7::bool[], $8::bool[], $9::bool[], $10::bool[], $11::bool[])
+         AS u(external_id, customer_id, total, currency, placed_at, status,
+              m_customer_id, m_total, m_currency, m_placed_at, m_status)
+    WHERE o.external_id = u.external_id AND o.external_id <> ALL($12::text[])
+    RETURNING o.external_id, o.customer_id
+"""
+_CUSTOMER_EXTERNAL_IDS = "SELECT id, external_id FROM customers WHERE id = ANY($1::bigint[])"
 
 
-async def lock(conn: AsyncConnection, external_id: str) -> AnyRow | None:
-    statement = select(Order.id, Order.customer_id).where(Order.external_id == external_id)
-    return (await conn.execute(statement.with_for_update())).first()
+async def lock(conn: AsyncConnection, external_ids: list[str]) -> dict[str, int]:
+    """Existing orders (locked until the transaction ends) and their customers."""
+    driver = await driver_connection(conn)
+    rows = await driver.fetch(_LOCK, external_ids)
+    return {row["external_id"]: row["customer_id"] for row in rows}
 
 
-async def upsert(
-    conn: AsyncConnection, external_id: str, fields: dict[str, Any]
-) -> tuple[AnyRow, bool]:
-    statement = insert(Order).values(external_id=external_id, **fields)
-    updates: dict[str, Any] = {name: statement.excluded[name] for name in fields}
-    updates["updated_at"] = func.now()
-    upsert_statement = statement.on_conflict_do_update(
-        index_elements=[Order.external_id], set_=updates
-    ).returning(*RETURNED, CREATED)
-    row = (await conn.execute(upsert_statement)).one()
-    return row, bool(row.created)
+async def upsert_many(
+    conn: AsyncConnection, items: Sequence[tuple[str, Mapping[str, Any]]], existing: set[str]
+) -> tuple[set[str], dict[str, int]]:
+    """Insert new orders and update existing ones (given fields only).
+
+    Only orders that did not exist go through the INSERT: NOT NULL is checked before ON
+    CONFLICT, so a partial update cannot. One created meanwhile by another request is then
+    updated instead. Returns the external ids created and each order's customer afterwards.
+    """
+    driver = await driver_connection(conn)
+    keys = [external_id for external_id, _ in items]
+    columns = [[fields.get(name) for _, fields in items] for name in COLUMNS]
+    new = [index for index, key in enumerate(keys) if key not in existing]
+    inserted = await driver.fetch(
+        _INSERT, [keys[i] for i in new], *([column[i] for i in new] for column in columns)
+    )
+    created = {row["external_id"] for row in inserted}
+    masks = [[name in fields for _, fields in items] for name in COLUMNS]
+    updated = await driver.fetch(_UPDATE, keys, *columns, *masks, list(created))
+    owners = {row["external_id"]: row["customer_id"] for row in [*inserted, *updated]}
+    return created, owners
+
+
+async def customer_external_ids(conn: AsyncConnection, ids: set[int]) -> dict[int, str]:
+    driver = await driver_connection(conn)
+    rows = await driver.fetch(_CUSTOMER_EXTERNAL_IDS, list(ids))
+    return {row["id"]: row["external_id"] for row in rows}
 
 
 async def get(conn: AsyncConnection, external_id: str) -> AnyRow | None:
     statement = (
-        select(*RETURNED, Customer.external_id.label("customer_external_id"))
+        select(
+            Order.external_id,
+            Order.total,
+            Order.currency,
+            Order.placed_at,
+            Order.status,
+            Order.created_at,
+            Order.updated_at,
+            Customer.external_id.label("customer_external_id"),
+        )
         .join(Customer, Customer.id == Order.customer_id)
         .where(Order.external_id == external_id)
     )

@@ -42,3 +42,29 @@ class Order(BaseModel):
     status: OrderStatus
     created_at: datetime
     updated_at: datetime
+
+
+class OrderBulkItem(OrderIn):
+    external_id: ExternalId
+
+
+class OrdersBulk(RequestModel):
+    orders: Annotated[list[OrderBulkItem], Field(min_length=1, max_length=10_000)]
+
+    model_config = with_examples(
+        {
+            "orders": [
+                {
+                    "external_id": "o-5001",
+                    "customer_external_id": "c-1001",
+                    "total": "129.90",
+                    "placed_at": "2026-03-01T10:15:00Z",
+                }
+            ]
+        }
+    )
+
+
+class BulkResult(BaseModel):
+    created: int
+    updated: int = Field(description="Every item that already existed, changed or not")

@@ -1,77 +1,138 @@
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segment_api.customers import repository as customers
+from segment_api.customers.service import duplicate_errors
 from segment_api.events import SOURCE
 from segment_api.orders import repository
-from segment_api.orders.schemas import Order, OrderIn
+from segment_api.orders.schemas import BulkResult, Order, OrderIn, OrdersBulk
 from segment_api.problems import ProblemException
-from segments_shared.bus.outbox import add_event
-from segments_shared.events import OrderRecorded, OrderRef, OrdersRecorded
+from segments_shared.bus.outbox import add_events
+from segments_shared.events import MAX_IDS_PER_EVENT, OrderRecorded, OrderRef, OrdersRecorded
 from segments_shared.staleness import mark_customer_segments_stale
 
 REQUIRED_ON_CREATE = ("customer_external_id", "total", "placed_at")
+
+Pointer = Callable[[int, str], str]
+
+
+def _validate(
+    items: list[tuple[str, dict[str, Any]]],
+    existing: dict[str, int],
+    customer_ids: dict[str, int],
+    store_currency: str,
+    pointer: Pointer,
+) -> list[dict[str, str]]:
+    errors: list[dict[str, str]] = []
+    for index, (external_id, given) in enumerate(items):
+        for name, value in given.items():
+            if value is None:
+                errors.append({"pointer": pointer(index, name), "detail": "must not be null"})
+        currency = given.get("currency")
+        if currency is not None and currency.upper() != store_currency:
+            errors.append(
+                {
+                    "pointer": pointer(index, "currency"),
+                    "detail": f"must be the store currency {store_currency}",
+                }
+            )
+        customer = given.get("customer_external_id")
+        if customer is not None and customer not in customer_ids:
+            errors.append(
+                {
+                    "pointer": pointer(index, "customer_external_id"),
+                    "detail": "no customer has this external id",
+                }
+            )
+        if external_id not in existing:
+            errors += [
+                {"pointer": pointer(index, name), "detail": "required when creating an order"}
+                for name in REQUIRED_ON_CREATE
+                if name not in given
+            ]
+    return errors
+
+
+def _columns(
+    given: dict[str, Any], customer_ids: dict[str, int], is_new: bool, store_currency: str
+) -> dict[str, Any]:
+    fields = {k: v for k, v in given.items() if k not in ("customer_external_id", "currency")}
+    if "customer_external_id" in given:
+        fields["customer_id"] = customer_ids[given["customer_external_id"]]
+    if "currency" in given:
+        fields["currency"] = given["currency"].upper()
+    if is_new:
+        fields.setdefault("currency", store_currency)
+        fields.setdefault("status", "placed")
+    return fields
+
+
+async def upsert_orders(
+    conn: AsyncConnection,
+    items: list[tuple[str, dict[str, Any]]],
+    store_currency: str,
+    pointer: Pointer,
+) -> set[str]:
+    """Validate and upsert orders, all or nothing; returns the external ids created."""
+    keys = [external_id for external_id, _ in items]
+    named = {
+        given["customer_external_id"] for _, given in items if given.get("customer_external_id")
+    }
+    customer_ids = await customers.ids_by_external_id(conn, sorted(named)) if named else {}
+    existing = await repository.lock(conn, keys)
+    errors = _validate(items, existing, customer_ids, store_currency, pointer)
+    if errors:
+        raise ProblemException(422, errors[0]["detail"], errors=errors)
+    rows = [
+        (key, _columns(given, customer_ids, key not in existing, store_currency))
+        for key, given in items
+    ]
+    created, owners = await repository.upsert_many(conn, rows, set(existing))
+    # The segments of every customer an order belongs to, or belonged to, are stale.
+    await mark_customer_segments_stale(conn, set(owners.values()) | set(existing.values()))
+    names = await repository.customer_external_ids(conn, set(owners.values()))
+    refs = [
+        OrderRef(order_external_id=key, customer_external_id=names[owners[key]]) for key in keys
+    ]
+    batches = [refs[i : i + MAX_IDS_PER_EVENT] for i in range(0, len(refs), MAX_IDS_PER_EVENT)]
+    await add_events(
+        conn,
+        [
+            OrderRecorded(
+                source=SOURCE,
+                subject=batch[0].order_external_id,
+                data=OrdersRecorded(orders=batch),
+            )
+            for batch in batches
+        ],
+    )
+    return created
 
 
 async def put_order(
     conn: AsyncConnection, external_id: str, body: OrderIn, store_currency: str
 ) -> tuple[Order, bool]:
     given = body.model_dump(exclude_unset=True)
-    errors: list[dict[str, str]] = []
-    for name, value in given.items():
-        if value is None:
-            errors.append({"pointer": f"/{name}", "detail": "must not be null"})
-    currency = given.get("currency")
-    if currency is not None and currency.upper() != store_currency:
-        errors.append(
-            {"pointer": "/currency", "detail": f"must be the store currency {store_currency}"}
-        )
-    before = await repository.lock(conn, external_id)
-    if before is None:
-        errors += [
-            {"pointer": f"/{name}", "detail": "required when creating an order"}
-            for name in REQUIRED_ON_CREATE
-            if name not in given
-        ]
-    fields: dict[str, Any] = {
-        key: value for key, value in given.items() if key != "customer_external_id"
-    }
-    customer_external_id = given.get("customer_external_id")
-    if customer_external_id is not None:
-        ids = await customers.ids_by_external_id(conn, [customer_external_id])
-        if customer_external_id not in ids:
-            errors.append(
-                {"pointer": "/customer_external_id", "detail": "no customer has this external id"}
-            )
-        else:
-            fields["customer_id"] = ids[customer_external_id]
-    if errors:
-        raise ProblemException(422, errors[0]["detail"], errors=errors)
-    if "currency" in fields:
-        fields["currency"] = fields["currency"].upper()
-    elif before is None:
-        fields["currency"] = store_currency
-    if before is None:
-        fields.setdefault("status", "placed")
-    row, created = await repository.upsert(conn, external_id, fields)
-    affected = {row.customer_id} | ({before.customer_id} if before is not None else set())
-    await mark_customer_segments_stale(conn, affected)
+    created = await upsert_orders(
+        conn, [(external_id, given)], store_currency, lambda _index, name: f"/{name}"
+    )
     stored = await repository.get(conn, external_id)
     assert stored is not None
-    await add_event(
-        conn,
-        OrderRecorded(
-            source=SOURCE,
-            subject=external_id,
-            data=OrdersRecorded(
-                orders=[
-                    OrderRef(
-                        order_external_id=external_id,
-                        customer_external_id=stored.customer_external_id,
-                    )
-                ]
-            ),
-        ),
+    return Order.model_validate(stored, from_attributes=True), external_id in created
+
+
+async def bulk_upsert(conn: AsyncConnection, body: OrdersBulk, store_currency: str) -> BulkResult:
+    keys = [item.external_id for item in body.orders]
+    errors = duplicate_errors(keys, "orders")
+    if errors:
+        raise ProblemException(422, "external ids repeat within the call", errors=errors)
+    items = [
+        (item.external_id, item.model_dump(exclude_unset=True, exclude={"external_id"}))
+        for item in body.orders
+    ]
+    created = await upsert_orders(
+        conn, items, store_currency, lambda index, name: f"/orders/{index}/{name}"
     )
-    return Order.model_validate(stored, from_attributes=True), created
+    return BulkResult(created=len(created), updated=len(keys) - len(created))

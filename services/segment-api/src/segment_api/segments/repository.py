@@ -1,8 +1,10 @@
+import json
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import and_, func, literal, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -281,3 +283,124 @@ async def list_members(
 async def exists(conn: AsyncConnection, segment_id: uuid.UUID) -> bool:
     statement = select(Segment.id).where(Segment.id == segment_id)
     return (await conn.execute(statement)).first() is not None
+
+
+_UPDATE = """
+    UPDATE segments SET
+        name = coalesce($2, name),
+        description = CASE WHEN $3 THEN $4 ELSE description END,
+        definition = coalesce($5::jsonb, definition),
+        kind = coalesce($6, kind),
+        active = coalesce($7, active),
+        version = version + 1,
+        updated_at = now()
+    WHERE id = $1
+    RETURNING id, name, version
+"""
+
+
+class NameTaken(Exception):
+    pass
+
+
+async def update_segment(
+    conn: AsyncConnection,
+    segment_id: uuid.UUID,
+    *,
+    name: str | None = None,
+    description: tuple[str | None] | None = None,
+    definition: dict[str, Any] | None = None,
+    kind: str | None = None,
+    active: bool | None = None,
+) -> Mapping[str, Any]:
+    """A user edit: the given fields change and `version` moves on. `description` is a
+    1-tuple so that clearing it (None) differs from leaving it alone."""
+    driver = await driver_connection(conn)
+    try:
+        async with driver.transaction():  # a savepoint: a taken name must not abort the caller
+            row: Mapping[str, Any] = await driver.fetchrow(
+                _UPDATE,
+                segment_id,
+                name,
+                description is not None,
+                description[0] if description is not None else None,
+                json.dumps(definition) if definition is not None else None,
+                kind,
+                active,
+            )
+    except asyncpg.UniqueViolationError as exc:
+        raise NameTaken(name) from exc
+    return row
+
+
+async def delete_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> None:
+    driver = await driver_connection(conn)
+    await driver.execute("DELETE FROM segments WHERE id = $1", segment_id)
+
+
+async def insert_copy(
+    conn: AsyncConnection, source: Mapping[str, Any], names: list[str]
+) -> uuid.UUID | None:
+    """A user segment with the source's definition, under the first free name of `names`."""
+    for name in names:
+        segment_id = await insert_segment(
+            conn,
+            {
+                "name": name,
+                "description": source["description"],
+                "kind": "user",
+                "definition": source["definition"],
+            },
+        )
+        if segment_id is not None:
+            return segment_id
+    return None
+
+
+_COPY_MEMBERS = """
+    WITH copied AS (
+        INSERT INTO segment_members (segment_id, customer_id)
+        SELECT $2, customer_id FROM segment_members WHERE segment_id = $1
+        RETURNING 1
+    )
+    SELECT count(*) FROM copied
+"""
+_COPY_OVERRIDES = """
+    INSERT INTO segment_overrides (segment_id, customer_id, mode)
+    SELECT $2, customer_id, mode FROM segment_overrides WHERE segment_id = $1
+"""
+
+
+async def copy_members(conn: AsyncConnection, source: uuid.UUID, target: uuid.UUID) -> int:
+    driver = await driver_connection(conn)
+    await driver.execute(_COPY_OVERRIDES, source, target)
+    copied: int = await driver.fetchval(_COPY_MEMBERS, source, target)
+    return copied
+
+
+async def taken_names(conn: AsyncConnection, prefix: str) -> set[str]:
+    """Lower-cased names starting with `prefix` (case-insensitive)."""
+    pattern = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    driver = await driver_connection(conn)
+    rows = await driver.fetch(
+        "SELECT lower(name) AS name FROM segments WHERE lower(name) LIKE $1", pattern
+    )
+    return {row["name"] for row in rows}
+
+
+_HISTORY = """
+    SELECT id, membership_version, entered, exited, member_count, cause, correlation_id,
+           occurred_at
+    FROM segment_history
+    WHERE segment_id = $1 AND id < $2
+    ORDER BY id DESC
+    LIMIT $3
+"""
+
+
+async def history(
+    conn: AsyncConnection, segment_id: uuid.UUID, before: int, limit: int
+) -> list[Mapping[str, Any]]:
+    driver = await driver_connection(conn)
+    rows: list[Mapping[str, Any]] = await driver.fetch(_HISTORY, segment_id, before, limit)
+    return rows

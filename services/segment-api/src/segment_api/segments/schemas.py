@@ -109,3 +109,32 @@ class Member(BaseModel):
     last_name: str | None
     email_status: str
     added_at: datetime
+
+
+class SegmentUpdate(RequestModel):
+    """Only the fields given change; each change bumps `version`."""
+
+    name: SegmentName | None = None
+    description: Description | None = None
+    definition: Definition | None = None
+    kind: Literal["user", "custom"] | None = Field(
+        None, description="`custom` needs the admin scope"
+    )
+
+    model_config = with_examples({"name": "VIP customers (EU)", "description": "EU only"})
+
+
+class DuplicateRequest(RequestModel):
+    name: SegmentName | None = Field(
+        None, description='Defaults to "<name> (copy)", then "(copy 2)", ...'
+    )
+
+
+class HistoryEntry(BaseModel):
+    membership_version: int
+    entered: int
+    exited: int
+    member_count: int = Field(description="Members after the change")
+    cause: str = Field(examples=["members_added", "members_removed", "customer_erased"])
+    correlation_id: str | None
+    occurred_at: datetime

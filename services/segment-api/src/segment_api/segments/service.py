@@ -8,9 +8,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from segment_api.events import SOURCE
 from segment_api.fields import money_str
 from segment_api.pagination import decode_cursor, encode_cursor
-from segment_api.problems import ProblemException, not_found, parameter_error
+from segment_api.problems import ProblemException, field_error, not_found, parameter_error
 from segment_api.segments import repository
 from segment_api.segments.schemas import (
+    DuplicateRequest,
+    HistoryEntry,
     Member,
     MembersAdded,
     MembersRemoved,
@@ -18,17 +20,24 @@ from segment_api.segments.schemas import (
     Segment,
     SegmentCreate,
     SegmentMetrics,
+    SegmentUpdate,
 )
 from segments_shared.apikeys import ApiKeyInfo
 from segments_shared.bus.outbox import add_event
 from segments_shared.events import (
     MembersChanged,
+    SegmentActivated,
     SegmentCreated,
+    SegmentDeactivated,
+    SegmentDeleted,
     SegmentMembersChanged,
     SegmentRef,
+    SegmentUpdated,
 )
 from segments_shared.observability import current_correlation_id
 from segments_shared.staleness import mark_segments_stale
+
+SegmentEvent = SegmentCreated | SegmentUpdated | SegmentActivated | SegmentDeactivated
 
 
 def metrics_of(row: Mapping[str, Any]) -> SegmentMetrics:
@@ -138,27 +147,28 @@ async def _locked_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> Any:
     return row
 
 
-async def _apply_membership_change(
-    conn: AsyncConnection, segment: Any, *, entered: int, exited: int, cause: str
+async def record_membership_change(
+    conn: AsyncConnection, segment_id: uuid.UUID, *, entered: int, exited: int, cause: str
 ) -> None:
+    """Count, history, staleness and the event of a membership change, in its transaction."""
     if not entered and not exited:
         return
     row = await repository.record_membership_change(
         conn,
-        segment.id,
+        segment_id,
         entered=entered,
         exited=exited,
         cause=cause,
         correlation_id=current_correlation_id(),
     )
-    await mark_segments_stale(conn, [segment.id])
+    await mark_segments_stale(conn, [segment_id])
     await add_event(
         conn,
         SegmentMembersChanged(
             source=SOURCE,
-            subject=str(segment.id),
+            subject=str(segment_id),
             data=MembersChanged(
-                segment_id=segment.id,
+                segment_id=segment_id,
                 added=entered,
                 removed=exited,
                 membership_version=row.membership_version,
@@ -175,8 +185,8 @@ async def add_members(
     result = await repository.change_members(
         conn, segment.id, add=True, external_ids=body.external_ids, emails=body.emails
     )
-    await _apply_membership_change(
-        conn, segment, entered=result.changed, exited=0, cause="members_added"
+    await record_membership_change(
+        conn, segment.id, entered=result.changed, exited=0, cause="members_added"
     )
     return MembersAdded(
         added=result.changed,
@@ -192,8 +202,8 @@ async def remove_members(
     result = await repository.change_members(
         conn, segment.id, add=False, external_ids=body.external_ids, emails=body.emails
     )
-    await _apply_membership_change(
-        conn, segment, entered=0, exited=result.changed, cause="members_removed"
+    await record_membership_change(
+        conn, segment.id, entered=0, exited=result.changed, cause="members_removed"
     )
     return MembersRemoved(
         removed=result.changed,
@@ -223,3 +233,152 @@ async def get_metrics(conn: AsyncConnection, segment_id: uuid.UUID) -> SegmentMe
     if row is None:
         raise not_found("segment", segment_id)
     return metrics_of(row)
+
+
+MAX_NAME = 200
+
+
+def check_if_match(if_match: str | None, version: int) -> None:
+    """412 unless `If-Match` is absent, `*`, or lists the current strong ETag."""
+    if if_match is None:
+        return
+    tags = [tag.strip() for tag in if_match.split(",")]
+    if "*" in tags or f'"{version}"' in tags:
+        return
+    raise ProblemException(
+        412,
+        f'If-Match does not match the current version (ETag "{version}")',
+        headers={"ETag": f'"{version}"'},
+    )
+
+
+async def _segment_changed(
+    conn: AsyncConnection, row: Mapping[str, Any], event_type: type[SegmentEvent]
+) -> Segment:
+    await add_event(
+        conn,
+        event_type(
+            source=SOURCE,
+            subject=str(row["id"]),
+            data=SegmentRef(segment_id=row["id"], name=row["name"], version=row["version"]),
+        ),
+    )
+    return await get_segment(conn, row["id"])
+
+
+async def update_segment(
+    conn: AsyncConnection,
+    segment_id: uuid.UUID,
+    body: SegmentUpdate,
+    key: ApiKeyInfo,
+    if_match: str | None,
+) -> Segment:
+    segment = await _locked_segment(conn, segment_id)
+    check_if_match(if_match, segment.version)
+    given = body.model_dump(exclude_unset=True)
+    for name in ("name", "definition", "kind"):
+        if name in given and given[name] is None:
+            raise field_error(f"/{name}", "must not be null")
+    if body.kind == "custom" and not key.allows("admin"):
+        raise ProblemException(403, "making a segment custom needs the admin scope")
+    if segment.kind == "default" and ("definition" in given or "kind" in given):
+        raise ProblemException(409, "the definition and kind of a default segment are fixed")
+    if not given:
+        return await get_segment(conn, segment_id)
+    try:
+        row = await repository.update_segment(
+            conn,
+            segment_id,
+            name=given.get("name"),
+            description=(given["description"],) if "description" in given else None,
+            definition=body.definition.model_dump() if body.definition else None,
+            kind=given.get("kind"),
+        )
+    except repository.NameTaken as exc:
+        raise ProblemException(409, f"a segment named {body.name!r} already exists") from exc
+    return await _segment_changed(conn, row, SegmentUpdated)
+
+
+async def delete_segment(
+    conn: AsyncConnection, segment_id: uuid.UUID, if_match: str | None
+) -> None:
+    segment = await _locked_segment(conn, segment_id)
+    check_if_match(if_match, segment.version)
+    if segment.kind == "default":
+        raise ProblemException(409, "default segments cannot be deleted; deactivate them")
+    await repository.delete_segment(conn, segment_id)
+    await add_event(
+        conn,
+        SegmentDeleted(
+            source=SOURCE,
+            subject=str(segment_id),
+            data=SegmentRef(segment_id=segment_id, name=segment.name, version=segment.version),
+        ),
+    )
+
+
+async def set_active(
+    conn: AsyncConnection, segment_id: uuid.UUID, active: bool, if_match: str | None
+) -> Segment:
+    """Activate or deactivate; doing it twice changes nothing the second time."""
+    segment = await _locked_segment(conn, segment_id)
+    check_if_match(if_match, segment.version)
+    if segment.active == active:
+        return await get_segment(conn, segment_id)
+    row = await repository.update_segment(conn, segment_id, active=active)
+    return await _segment_changed(conn, row, SegmentActivated if active else SegmentDeactivated)
+
+
+def copy_names(name: str, taken: set[str]) -> list[str]:
+    """'<name> (copy)', '<name> (copy 2)', ... not yet taken, shortening the base to fit."""
+    names = []
+    for number in range(1, 10_000):
+        suffix = " (copy)" if number == 1 else f" (copy {number})"
+        candidate = name[: MAX_NAME - len(suffix)] + suffix
+        if candidate.lower() not in taken:
+            names.append(candidate)
+            if len(names) == 5:  # spares, should another request take one meanwhile
+                break
+    return names
+
+
+async def duplicate_segment(
+    conn: AsyncConnection, segment_id: uuid.UUID, body: DuplicateRequest
+) -> Segment:
+    source = await _locked_segment(conn, segment_id)
+    if body.name is not None:
+        names = [body.name]
+    else:
+        names = copy_names(source.name, await repository.taken_names(conn, source.name[:150]))
+    copy_id = await repository.insert_copy(conn, source._mapping, names)
+    if copy_id is None:
+        raise ProblemException(409, f"a segment named {names[0]!r} already exists")
+    copied = await repository.copy_members(conn, segment_id, copy_id)
+    await mark_segments_stale(conn, [copy_id])
+    created = await get_segment(conn, copy_id)
+    await add_event(
+        conn,
+        SegmentCreated(
+            source=SOURCE,
+            subject=str(copy_id),
+            data=SegmentRef(segment_id=copy_id, name=created.name, version=created.version),
+        ),
+    )
+    await record_membership_change(conn, copy_id, entered=copied, exited=0, cause="duplicated")
+    return await get_segment(conn, copy_id)
+
+
+async def list_history(
+    conn: AsyncConnection, segment_id: uuid.UUID, cursor: str | None, limit: int
+) -> tuple[list[HistoryEntry], str | None]:
+    before = 2**62
+    if cursor:
+        (before,) = decode_cursor(cursor, 1)
+        if not isinstance(before, int):
+            raise parameter_error("cursor", "the cursor is not one this API issued")
+    if not await repository.exists(conn, segment_id):
+        raise not_found("segment", segment_id)
+    rows = await repository.history(conn, segment_id, before, limit + 1)
+    items = [HistoryEntry.model_validate(dict(row)) for row in rows[:limit]]
+    next_cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
+    return items, next_cursor

@@ -1,0 +1,53 @@
+"""Small helpers the API tests share."""
+
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["title"]
+    assert "Traceback" not in response.text
+    return body
+
+
+async def make_segment(api: httpx.AsyncClient, name: str = "Segment", **fields: Any) -> str:
+    response = await api.post("/v1/segments", json={"name": name, **fields})
+    assert response.status_code == 201, response.text
+    segment_id: str = response.json()["id"]
+    return segment_id
+
+
+async def make_customers(api: httpx.AsyncClient, *specs: dict[str, Any]) -> None:
+    response = await api.post("/v1/customers/bulk", json={"customers": list(specs)})
+    assert response.status_code == 200, response.text
+
+
+async def events(engine: AsyncEngine, event_type: str) -> list[dict[str, Any]]:
+    """Events of a type written to the outbox, oldest first."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT payload FROM outbox WHERE event_type = :t ORDER BY id"), {"t": event_type}
+        )
+        return [row.payload for row in rows]
+
+
+async def is_stale(engine: AsyncEngine, segment_id: str) -> bool:
+    async with engine.connect() as conn:
+        row = await conn.execute(
+            text("SELECT 1 FROM metrics_dirty_segments WHERE segment_id = :s"), {"s": segment_id}
+        )
+        return row.first() is not None
+
+
+async def clear_staleness(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM metrics_dirty_segments"))

@@ -1,0 +1,198 @@
+"""Customers: single and bulk upserts, lookup by email, erasure."""
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.api.conftest import Snapshot
+from tests.api.helpers import (
+    assert_problem,
+    clear_staleness,
+    events,
+    is_stale,
+    make_customers,
+    make_segment,
+)
+
+
+@pytest.mark.asyncio
+async def test_put_keeps_fields_left_out_and_clears_nulls(api: httpx.AsyncClient) -> None:
+    created = await api.put(
+        "/v1/customers/c1",
+        json={
+            "email": "Ada@Example.COM",
+            "first_name": "Ada",
+            "attributes": {"tier": "gold", "vip": True, "visits": 3, "since": "2020-01-01"},
+            "shipping_address": {"city": "London", "country": "GB"},
+        },
+    )
+    assert created.status_code == 201
+    body = created.json()
+    assert body["email"] == "ada@example.com"
+    assert body["email_status"] == "pending"  # consent is never assumed
+    assert body["shipping_address"] == {"city": "London", "country": "GB"}
+    updated = await api.put("/v1/customers/c1", json={"last_name": "Lovelace", "first_name": None})
+    assert updated.status_code == 200
+    assert updated.json()["first_name"] is None
+    assert updated.json()["last_name"] == "Lovelace"
+    assert updated.json()["attributes"]["vip"] is True
+    assert updated.json()["email"] == "ada@example.com"
+    fetched = await api.get("/v1/customers/c1")
+    assert fetched.json() == updated.json()
+
+
+@pytest.mark.asyncio
+async def test_bulk_upsert_counts_and_merges(api: httpx.AsyncClient, clean_db: AsyncEngine) -> None:
+    await api.put("/v1/customers/c1", json={"first_name": "Old", "email": "c1@example.com"})
+    response = await api.post(
+        "/v1/customers/bulk",
+        json={
+            "customers": [
+                {"external_id": "c1", "last_name": "New"},
+                {"external_id": "c2", "email": "C2@example.com", "email_status": "subscribed"},
+                {"external_id": "c3"},
+            ]
+        },
+    )
+    assert response.json() == {"created": 2, "updated": 1}
+    c1 = (await api.get("/v1/customers/c1")).json()
+    assert (c1["first_name"], c1["last_name"], c1["email"]) == ("Old", "New", "c1@example.com")
+    c2 = (await api.get("/v1/customers/c2")).json()
+    assert (c2["email"], c2["email_status"]) == ("c2@example.com", "subscribed")
+    again = await api.post("/v1/customers/bulk", json={"customers": [{"external_id": "c3"}]})
+    assert again.json() == {"created": 0, "updated": 1}  # unchanged still counts as updated
+
+
+@pytest.mark.asyncio
+async def test_bulk_publishes_one_event_per_thousand(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    customers = [{"external_id": f"c{i}"} for i in range(2500)]
+    assert (await api.post("/v1/customers/bulk", json={"customers": customers})).status_code == 200
+    published = await events(clean_db, "customer.changed")
+    assert [len(e["data"]["customer_external_ids"]) for e in published] == [1000, 1000, 500]
+    ids = [i for e in published for i in e["data"]["customer_external_ids"]]
+    assert ids == [f"c{i}" for i in range(2500)]
+
+
+@pytest.mark.asyncio
+async def test_bulk_is_all_or_nothing_naming_each_bad_item(
+    api: httpx.AsyncClient, row_counts: Snapshot
+) -> None:
+    before = await row_counts()
+    response = await api.post(
+        "/v1/customers/bulk",
+        json={
+            "customers": [
+                {"external_id": "ok"},
+                {"external_id": "bad", "email": "nope"},
+                {"external_id": "ok2", "email_status": "maybe"},
+                {"first_name": "no id"},
+            ]
+        },
+    )
+    problem = assert_problem(response, 422)
+    pointers = {error["pointer"] for error in problem["errors"]}
+    assert pointers == {
+        "/customers/1/email",
+        "/customers/2/email_status",
+        "/customers/3/external_id",
+    }
+    duplicate = await api.post(
+        "/v1/customers/bulk",
+        json={"customers": [{"external_id": "a"}, {"external_id": "b"}, {"external_id": "a"}]},
+    )
+    problem = assert_problem(duplicate, 422)
+    assert problem["errors"] == [
+        {"pointer": "/customers/2/external_id", "detail": "duplicates /customers/0/external_id"}
+    ]
+    too_many = await api.post(
+        "/v1/customers/bulk", json={"customers": [{"external_id": f"c{i}"} for i in range(10_001)]}
+    )
+    assert assert_problem(too_many, 422)["errors"][0]["pointer"] == "/customers"
+    assert_problem(await api.post("/v1/customers/bulk", json={"customers": []}), 422)
+    assert await row_counts() == before
+
+
+@pytest.mark.asyncio
+async def test_lookup_by_email_is_case_insensitive_and_paginates(api: httpx.AsyncClient) -> None:
+    await make_customers(
+        api,
+        {"external_id": "a", "email": "shared@example.com"},
+        {"external_id": "b", "email": "SHARED@example.com"},
+        {"external_id": "c", "email": "other@example.com"},
+    )
+    found = (await api.get("/v1/customers", params={"email": "Shared@Example.com"})).json()
+    assert [c["external_id"] for c in found["items"]] == ["a", "b"]
+    assert found["next_cursor"] is None
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await api.get("/v1/customers", params=params)).json()
+        seen += [c["external_id"] for c in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ["a", "b", "c"]
+    assert_problem(await api.get("/v1/customers", params={"email": "not-an-email"}), 422)
+
+
+@pytest.mark.asyncio
+async def test_reachability_changes_mark_segments_stale(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    await api.put("/v1/customers/c1", json={"email": "c1@example.com"})
+    segment_id = await make_segment(api)
+    await api.post(f"/v1/segments/{segment_id}/members", json={"external_ids": ["c1"]})
+    await clear_staleness(clean_db)
+    await api.put("/v1/customers/c1", json={"first_name": "Name only"})
+    assert not await is_stale(clean_db, segment_id)
+    await api.put("/v1/customers/c1", json={"email_status": "subscribed"})
+    assert await is_stale(clean_db, segment_id)
+    await clear_staleness(clean_db)
+    await api.post("/v1/customers/bulk", json={"customers": [{"external_id": "c1", "email": None}]})
+    assert await is_stale(clean_db, segment_id)
+
+
+@pytest.mark.asyncio
+async def test_erasure_removes_the_customer_everywhere(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    await make_customers(
+        api, {"external_id": "c1", "email": "c1@example.com"}, {"external_id": "c2"}
+    )
+    await api.put(
+        "/v1/orders/o1",
+        json={"customer_external_id": "c1", "total": "5.00", "placed_at": "2026-01-01T00:00:00Z"},
+    )
+    first, second = await make_segment(api, "First"), await make_segment(api, "Second")
+    for segment_id in (first, second):
+        await api.post(f"/v1/segments/{segment_id}/members", json={"external_ids": ["c1", "c2"]})
+    await clear_staleness(clean_db)
+
+    response = await api.delete("/v1/customers/c1")
+    assert response.status_code == 204
+    assert_problem(await api.get("/v1/customers/c1"), 404)
+    assert_problem(await api.get("/v1/orders/o1"), 404)
+    for segment_id in (first, second):
+        segment = (await api.get(f"/v1/segments/{segment_id}")).json()
+        assert segment["member_count"] == 1
+        assert segment["metrics"]["stale"] is True
+        members = (await api.get(f"/v1/segments/{segment_id}/members")).json()["items"]
+        assert [m["external_id"] for m in members] == ["c2"]
+        history = (await api.get(f"/v1/segments/{segment_id}/history")).json()["items"]
+        assert (history[0]["exited"], history[0]["cause"]) == (1, "customer_erased")
+    erased = await events(clean_db, "customer.erased")
+    assert erased[-1]["data"]["customer_external_ids"] == ["c1"]
+    changes = [e["data"] for e in await events(clean_db, "segment.members_changed")]
+    assert {
+        (c["segment_id"], c["removed"]) for c in changes if c["cause"] == "customer_erased"
+    } == {
+        (first, 1),
+        (second, 1),
+    }
+    assert_problem(await api.delete("/v1/customers/c1"), 404)
+    async with clean_db.connect() as conn:
+        left = await conn.execute(text("SELECT count(*) FROM orders"))
+        assert left.scalar() == 0
