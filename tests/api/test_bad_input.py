@@ -78,6 +78,7 @@ async def test_nan_and_out_of_range_money_are_422(
         ("-1.00", "2026-01-01T00:00:00Z"),
         ("1.001", "2026-01-01T00:00:00Z"),
         ("1.00", "2026-01-01T00:00:00"),  # no time zone
+        (12.5, "2026-01-01T00:00:00Z"),  # money is a decimal string
     ):
         body = {"customer_external_id": "c1", "total": total, "placed_at": placed_at}
         problem = assert_problem(await api.put("/v1/orders/o1", json=body), 422)

@@ -21,7 +21,7 @@ PLACED = "2026-01-01T10:00:00Z"
 async def test_put_creates_then_updates_given_fields(api: httpx.AsyncClient) -> None:
     await make_customers(api, {"external_id": "c1"})
     created = await api.put(
-        "/v1/orders/o1", json={"customer_external_id": "c1", "total": 12.5, "placed_at": PLACED}
+        "/v1/orders/o1", json={"customer_external_id": "c1", "total": "12.5", "placed_at": PLACED}
     )
     assert created.status_code == 201
     assert created.json()["total"] == "12.50"

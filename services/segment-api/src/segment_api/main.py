@@ -203,7 +203,7 @@ def main() -> None:
     configure_logging("segment-api", settings.log_level)
     # We handle the signals ourselves: uvicorn's own handling re-raises SIGTERM after a
     # graceful stop, so the process would end "killed" instead of exiting 0.
-    loop_factory = uvicorn.Config(app="").get_loop_factory()
+    loop_factory = uvicorn.Config(app="", log_config=None).get_loop_factory()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(serve(settings))
 

@@ -1,15 +1,15 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from segment_api.fields import (
-    AttributeKey,
-    AttributeValue,
+    Attributes,
     Email,
     ExternalId,
     RequestModel,
     Text,
+    refuse_null,
     with_examples,
 )
 
@@ -38,7 +38,7 @@ class CustomerIn(RequestModel):
         description="`pending` when a customer is created with an email but no status: "
         "consent is never assumed",
     )
-    attributes: Annotated[dict[AttributeKey, AttributeValue], Field(max_length=200)] | None = Field(
+    attributes: Attributes | None = Field(
         None,
         description="Flat marketing attributes: string, number, boolean or date "
         "(ISO 8601 string) values. Replaces the stored attributes when given.",
@@ -47,6 +47,13 @@ class CustomerIn(RequestModel):
     shipping_address: Address | None = None
     billing_address: Address | None = None
 
+    _status_not_null = field_validator("email_status", mode="before")(refuse_null)
+
+    @field_validator("attributes", mode="after")
+    @classmethod
+    def _null_clears_attributes(cls, value: dict[str, Any] | None) -> dict[str, Any]:
+        return {} if value is None else value
+
     model_config = with_examples(
         {
             "email": "ada@example.com",
@@ -54,7 +61,8 @@ class CustomerIn(RequestModel):
             "last_name": "Lovelace",
             "email_status": "subscribed",
             "attributes": {"loyalty_tier": "gold"},
-        }
+        },
+        not_null=("email_status",),
     )
 
 

@@ -2,12 +2,23 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, PlainSerializer
+from pydantic import BaseModel, Field, PlainSerializer, field_validator
 
-from segment_api.fields import ExternalId, Money, RequestModel, Text, Timestamp, with_examples
+from segment_api.fields import (
+    ExternalId,
+    Money,
+    RequestModel,
+    Text,
+    Timestamp,
+    refuse_null,
+    with_examples,
+)
 
 OrderStatus = Literal["placed", "cancelled", "refunded"]
 MoneyOut = Annotated[Decimal, PlainSerializer(lambda value: f"{value:.2f}", return_type=str)]
+
+
+NOT_NULL = ("customer_external_id", "total", "currency", "placed_at", "status")
 
 
 class OrderIn(RequestModel):
@@ -22,6 +33,8 @@ class OrderIn(RequestModel):
     placed_at: Timestamp | None = Field(None, description="RFC 3339 with a time zone")
     status: OrderStatus | None = Field(None, description="Defaults to `placed` on creation")
 
+    _not_null = field_validator(*NOT_NULL, mode="before")(refuse_null)
+
     model_config = with_examples(
         {
             "customer_external_id": "c-1001",
@@ -29,7 +42,8 @@ class OrderIn(RequestModel):
             "currency": "USD",
             "placed_at": "2026-03-01T10:15:00Z",
             "status": "placed",
-        }
+        },
+        not_null=NOT_NULL,
     )
 
 

@@ -2,9 +2,17 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
-from segment_api.fields import Email, ExternalId, Name, RequestModel, Text, with_examples
+from segment_api.fields import (
+    Email,
+    ExternalId,
+    Name,
+    RequestModel,
+    Text,
+    refuse_null,
+    with_examples,
+)
 
 MAX_BATCH = 10_000
 
@@ -121,7 +129,12 @@ class SegmentUpdate(RequestModel):
         None, description="`custom` needs the admin scope"
     )
 
-    model_config = with_examples({"name": "VIP customers (EU)", "description": "EU only"})
+    _not_null = field_validator("name", "definition", "kind", mode="before")(refuse_null)
+
+    model_config = with_examples(
+        {"name": "VIP customers (EU)", "description": "EU only"},
+        not_null=("name", "definition", "kind"),
+    )
 
 
 class DuplicateRequest(RequestModel):
