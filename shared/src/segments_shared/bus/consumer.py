@@ -117,7 +117,7 @@ class EventConsumer:
         try:
             event = parse_event(message.body)
         except ValidationError as exc:
-            CONSUMED.labels(type=message.type or "unknown", outcome="poison").inc()
+            CONSUMED.labels(type=message.routing_key or "unknown", outcome="poison").inc()
             log.error(
                 "unparseable event dead-lettered",
                 extra={"message_id": message.message_id, "reason": str(exc)[:2000]},

@@ -2,6 +2,7 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import URL, make_url
@@ -49,8 +50,17 @@ async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
     Hot paths use it directly: asyncpg caches prepared statements per connection and skips
     SQLAlchemy's statement and result processing (PITFALLS.md: several times faster). JSON
     parameters are passed as JSON text (SQLAlchemy's codec) and come back decoded.
+
+    SQLAlchemy's asyncpg adapter sends BEGIN only with its own first statement; a statement
+    sent straight to the driver before that would run in autocommit, outside the caller's
+    transaction. So when the SQLAlchemy connection is in a transaction that has not reached
+    the driver yet, start it here (the adapter's own hook, the same BEGIN it would send; a
+    test pins this, as the hook is not public).
     """
     raw = await conn.get_raw_connection()
+    adapter: Any = raw.dbapi_connection
+    if conn.in_transaction() and adapter._transaction is None:
+        await adapter._start_transaction()
     driver: asyncpg.Connection = raw.driver_connection
     return driver
 

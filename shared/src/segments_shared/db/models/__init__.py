@@ -19,6 +19,7 @@ from segments_shared.db.models.segments import (
     SegmentMember,
     SegmentOverride,
     SegmentRefresh,
+    SegmentRefreshSignal,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "SegmentMember",
     "SegmentOverride",
     "SegmentRefresh",
+    "SegmentRefreshSignal",
     "SyncRun",
     "SyncRunFailure",
     "VendorRateWindow",

@@ -79,17 +79,23 @@ class Order(Base):
 
 
 class CustomerRfm(Base):
-    """RFM scores (1 to 5 by quintile, 5 best) of each customer with a placed order."""
+    """RFM scores (1 to 5 by quintile, 5 best) of each customer with a placed order, kept by
+    the metrics-worker (`metrics_worker/rfm.py` defines them).
+
+    No foreign key: every computation rewrites the table set-wise, and a per-row key check
+    made the first one half again as long. An erased customer's row leaves with the next
+    computation, which their `customer.erased` event schedules.
+    """
 
     __tablename__ = "customer_rfm"
 
-    customer_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
-    )
-    recency_days: Mapped[int] = mapped_column(Integer)
+    customer_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # Recency is measured from here, so a row changes only when its figures or scores do.
+    last_order_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     frequency: Mapped[int] = mapped_column(Integer)
     monetary: Mapped[Decimal] = mapped_column(Numeric(20, 2))
     recency_score: Mapped[int] = mapped_column(SmallInteger)
     frequency_score: Mapped[int] = mapped_column(SmallInteger)
     monetary_score: Mapped[int] = mapped_column(SmallInteger)
-    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The computation that last changed this row.
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

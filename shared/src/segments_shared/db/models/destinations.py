@@ -16,7 +16,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from segments_shared.db.base import Base
@@ -147,16 +147,16 @@ class DestinationSegment(Base):
 
 class DestinationMember(Base):
     """What a destination holds for a segment, by the worker's record. Keyed by lower-cased
-    email for ESPs and by external id for commerce and webhooks."""
+    email for ESPs and by external id for commerce and webhooks.
+
+    No foreign keys: a sync writes this table a million rows at a time and the checks cost
+    as much as the rows. Deleting a destination deletes its rows in the same transaction;
+    the sync-worker deletes a deleted segment's rows when `segment.deleted` reaches it."""
 
     __tablename__ = "destination_members"
 
-    destination_id: Mapped[uuid.UUID] = mapped_column(
-        UUID, ForeignKey("destinations.id", ondelete="CASCADE"), primary_key=True
-    )
-    segment_id: Mapped[uuid.UUID] = mapped_column(
-        UUID, ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
-    )
+    destination_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    segment_id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
     member_key: Mapped[str] = mapped_column(Text, primary_key=True)
     # No foreign key: an erased customer stays recorded until a sync removes them remotely.
     customer_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -165,14 +165,47 @@ class DestinationMember(Base):
     remote_member_id: Mapped[str | None] = mapped_column(Text)
     synced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
+    # The planner joins the record to the segment by customer, in order (a merge join),
+    # reading the keys from the index alone.
+    __table_args__ = (
+        Index(
+            "ix_destination_members_destination_id_segment_id_customer_id",
+            "destination_id",
+            "segment_id",
+            "customer_id",
+            postgresql_include=["member_key"],
+        ),
+    )
+
 
 class VendorRateWindow(Base):
-    """Requests made per vendor account and time window, shared by every worker replica."""
+    """The latest requests sent per vendor account and rate window (a sliding log of at most
+    `limit` send times), shared by every worker replica; `blocked_until` holds every replica
+    back when the vendor asked to wait."""
 
     __tablename__ = "vendor_rate_windows"
 
     account_key: Mapped[str] = mapped_column(Text, primary_key=True)
     window: Mapped[str] = mapped_column(Text, primary_key=True)
-    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    used: Mapped[int] = mapped_column(Integer, server_default="0")
+    sent_at: Mapped[list[datetime]] = mapped_column(
+        ARRAY(DateTime(timezone=True)), server_default="{}"
+    )
     blocked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SyncRunPlan(Base):
+    """What one run must send, computed once in SQL when the run starts: the run works
+    through it in `position` order and checkpoints the position after every round."""
+
+    __tablename__ = "sync_run_plan"
+
+    sync_run_id: Mapped[uuid.UUID] = mapped_column(
+        UUID, ForeignKey("sync_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    operation: Mapped[str] = mapped_column(Text)
+    member_key: Mapped[str] = mapped_column(Text)
+    # The customer who supplies an addition (names, email); none for removals.
+    customer_id: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (CheckConstraint("operation IN ('add', 'remove')", name="operation"),)

@@ -39,6 +39,9 @@ class MetricsDirtySegment(Base):
     # Bumped by every change; a recomputation clears the row only if no change came after it.
     generation: Mapped[int] = mapped_column(BigInteger, server_default="1")
     marked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The latest change, set by a trigger on insert and on every generation bump: a segment is
+    # recomputed once its changes pause (or once its first unfolded change is old enough).
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     claimed_by: Mapped[str | None] = mapped_column(Text)
 

@@ -247,27 +247,25 @@ def upgrade() -> None:
         "vendor_rate_windows",
         sa.Column("account_key", sa.Text(), nullable=False),
         sa.Column("window", sa.Text(), nullable=False),
-        sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("used", sa.Integer(), server_default="0", nullable=False),
+        sa.Column(
+            "sent_at",
+            postgresql.ARRAY(sa.DateTime(timezone=True)),
+            server_default="{}",
+            nullable=False,
+        ),
         sa.Column("blocked_until", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("account_key", "window", name=op.f("pk_vendor_rate_windows")),
     )
     op.create_table(
         "customer_rfm",
-        sa.Column("customer_id", sa.BigInteger(), nullable=False),
-        sa.Column("recency_days", sa.Integer(), nullable=False),
+        sa.Column("customer_id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("last_order_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("frequency", sa.Integer(), nullable=False),
         sa.Column("monetary", sa.Numeric(precision=20, scale=2), nullable=False),
         sa.Column("recency_score", sa.SmallInteger(), nullable=False),
         sa.Column("frequency_score", sa.SmallInteger(), nullable=False),
         sa.Column("monetary_score", sa.SmallInteger(), nullable=False),
-        sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["customer_id"],
-            ["customers.id"],
-            name=op.f("fk_customer_rfm_customer_id_customers"),
-            ondelete="CASCADE",
-        ),
+        sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("customer_id", name=op.f("pk_customer_rfm")),
     )
     op.create_table(
@@ -282,21 +280,16 @@ def upgrade() -> None:
         sa.Column(
             "synced_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
         ),
-        sa.ForeignKeyConstraint(
-            ["destination_id"],
-            ["destinations.id"],
-            name=op.f("fk_destination_members_destination_id_destinations"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["segment_id"],
-            ["segments.id"],
-            name=op.f("fk_destination_members_segment_id_segments"),
-            ondelete="CASCADE",
-        ),
         sa.PrimaryKeyConstraint(
             "destination_id", "segment_id", "member_key", name=op.f("pk_destination_members")
         ),
+    )
+    op.create_index(
+        "ix_destination_members_destination_id_segment_id_customer_id",
+        "destination_members",
+        ["destination_id", "segment_id", "customer_id"],
+        unique=False,
+        postgresql_include=["member_key"],
     )
     op.create_table(
         "destination_segments",
@@ -340,6 +333,12 @@ def upgrade() -> None:
         sa.Column("generation", sa.BigInteger(), server_default="1", nullable=False),
         sa.Column(
             "marked_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+        ),
+        sa.Column(
+            "changed_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("claimed_by", sa.Text(), nullable=True),
@@ -448,18 +447,7 @@ def upgrade() -> None:
         sa.Column(
             "added_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
         ),
-        sa.ForeignKeyConstraint(
-            ["customer_id"],
-            ["customers.id"],
-            name=op.f("fk_segment_members_customer_id_customers"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["segment_id"],
-            ["segments.id"],
-            name=op.f("fk_segment_members_segment_id_segments"),
-            ondelete="CASCADE",
-        ),
+        # No foreign keys (see the model): the triggers at the end keep the cascades.
         sa.PrimaryKeyConstraint("segment_id", "customer_id", name=op.f("pk_segment_members")),
     )
     op.create_index(
@@ -513,6 +501,23 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("segment_id", name=op.f("pk_segment_refreshes")),
     )
     op.create_index("ix_segment_refreshes_due_at", "segment_refreshes", ["due_at"], unique=False)
+    op.create_table(
+        "segment_refresh_signals",
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("segment_id", sa.UUID(), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "kind IN ('customers', 'orders', 'segment')",
+            name=op.f("ck_segment_refresh_signals_kind"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_segment_refresh_signals")),
+    )
     op.create_table(
         "sync_runs",
         sa.Column("id", sa.UUID(), nullable=False),
@@ -620,6 +625,24 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_sync_run_failures_sync_run_id"), "sync_run_failures", ["sync_run_id"], unique=False
     )
+    op.create_table(
+        "sync_run_plan",
+        sa.Column("sync_run_id", sa.UUID(), nullable=False),
+        sa.Column("position", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        sa.Column("operation", sa.Text(), nullable=False),
+        sa.Column("member_key", sa.Text(), nullable=False),
+        sa.Column("customer_id", sa.BigInteger(), nullable=True),
+        sa.CheckConstraint(
+            "operation IN ('add', 'remove')", name=op.f("ck_sync_run_plan_operation")
+        ),
+        sa.ForeignKeyConstraint(
+            ["sync_run_id"],
+            ["sync_runs.id"],
+            name=op.f("fk_sync_run_plan_sync_run_id_sync_runs"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("sync_run_id", "position", name=op.f("pk_sync_run_plan")),
+    )
     # Wake the relays when events are written; NOTIFY is delivered at commit.
     op.execute(
         """
@@ -633,6 +656,79 @@ def upgrade() -> None:
     op.execute(
         "CREATE TRIGGER outbox_notify AFTER INSERT ON outbox "
         "FOR EACH STATEMENT EXECUTE FUNCTION notify_outbox()"
+    )
+    # A staleness mark keeps the time of its latest change (every writer bumps `generation`),
+    # so the metrics-worker can wait for a burst of changes to pause before recomputing.
+    op.execute(
+        """
+        CREATE FUNCTION metrics_dirty_segments_changed_at() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'UPDATE' AND NEW.generation = OLD.generation THEN
+                RETURN NEW;
+            END IF;
+            NEW.changed_at := clock_timestamp();
+            RETURN NEW;
+        END $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER metrics_dirty_segments_changed_at "
+        "BEFORE INSERT OR UPDATE ON metrics_dirty_segments "
+        "FOR EACH ROW EXECUTE FUNCTION metrics_dirty_segments_changed_at()"
+    )
+    # The cascades of segment_members, which has no foreign keys (see the model). A customer's
+    # deletion first waits for set-based membership inserts in flight (they hold this lock
+    # shared and insert only customers that still exist), then sweeps; memberships it finds
+    # here raced an erasure, and leave with an exact count and a history entry.
+    op.execute(
+        """
+        CREATE FUNCTION segment_members_leave_with_customers() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_advisory_xact_lock(hashtext('segment_members.insert'));
+            WITH gone AS (
+                DELETE FROM segment_members m USING erased e
+                WHERE m.customer_id = e.id
+                RETURNING m.segment_id
+            ),
+            counted AS (
+                SELECT segment_id, count(*) AS exited FROM gone GROUP BY segment_id
+            ),
+            changed AS (
+                UPDATE segments s
+                SET member_count = s.member_count - c.exited,
+                    membership_version = s.membership_version + 1
+                FROM counted c
+                WHERE s.id = c.segment_id
+                RETURNING s.id, s.membership_version, s.member_count, c.exited
+            )
+            INSERT INTO segment_history
+                (segment_id, membership_version, entered, exited, member_count, cause)
+            SELECT id, membership_version, 0, exited, member_count, 'customer_erased'
+            FROM changed;
+            RETURN NULL;
+        END $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER customers_leave_segments AFTER DELETE ON customers "
+        "REFERENCING OLD TABLE AS erased "
+        "FOR EACH STATEMENT EXECUTE FUNCTION segment_members_leave_with_customers()"
+    )
+    op.execute(
+        """
+        CREATE FUNCTION segment_members_leave_with_segments() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            DELETE FROM segment_members m USING removed r WHERE m.segment_id = r.id;
+            RETURN NULL;
+        END $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER segments_drop_members AFTER DELETE ON segments "
+        "REFERENCING OLD TABLE AS removed "
+        "FOR EACH STATEMENT EXECUTE FUNCTION segment_members_leave_with_segments()"
     )
     segments = sa.table(
         "segments",
@@ -660,6 +756,14 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP TRIGGER IF EXISTS outbox_notify ON outbox")
     op.execute("DROP FUNCTION IF EXISTS notify_outbox()")
+    op.execute("DROP TRIGGER IF EXISTS metrics_dirty_segments_changed_at ON metrics_dirty_segments")
+    op.execute("DROP FUNCTION IF EXISTS metrics_dirty_segments_changed_at()")
+    op.execute("DROP TRIGGER IF EXISTS customers_leave_segments ON customers")
+    op.execute("DROP FUNCTION IF EXISTS segment_members_leave_with_customers()")
+    op.execute("DROP TRIGGER IF EXISTS segments_drop_members ON segments")
+    op.execute("DROP FUNCTION IF EXISTS segment_members_leave_with_segments()")
+    op.drop_table("segment_refresh_signals")
+    op.drop_table("sync_run_plan")
     op.drop_index(op.f("ix_sync_run_failures_sync_run_id"), table_name="sync_run_failures")
     op.drop_table("sync_run_failures")
     op.drop_index(
@@ -692,6 +796,11 @@ def downgrade() -> None:
     op.drop_index("ix_metrics_dirty_segments_marked_at", table_name="metrics_dirty_segments")
     op.drop_table("metrics_dirty_segments")
     op.drop_table("destination_segments")
+    op.drop_index(
+        "ix_destination_members_destination_id_segment_id_customer_id",
+        table_name="destination_members",
+        postgresql_include=["member_key"],
+    )
     op.drop_table("destination_members")
     op.drop_table("customer_rfm")
     op.drop_table("vendor_rate_windows")
