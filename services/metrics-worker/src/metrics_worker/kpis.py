@@ -1,8 +1,15 @@
 """Lifetime KPIs of a segment (SPEC section 7), computed in one SQL statement.
 
-Only placed orders count. Money is rounded half-up to cents (PostgreSQL rounds numeric
-half away from zero, which is half-up for these non-negative sums). Order latency is the mean
-gap, in days, between consecutive placed orders of the same member.
+- Only `placed` orders count; a member without one still counts in `customers`.
+- `reachable_customers`: members with an email and `email_status` `subscribed`.
+- Money and latency are rounded half-up to two decimals exactly, in integer arithmetic
+  (`floor((200 a + n) / 2n) / 100` for a / n): no intermediate division rounds first.
+- `average_order_value` is null without orders, `customer_lifetime_value` without members,
+  `order_latency_days` when no member has two placed orders.
+- Order latency is the mean gap, in days, between consecutive placed orders of the same
+  member. A member's gaps add up to the time between their first and last order, so the mean
+  is (sum over members of last - first) / (sum over members of orders - 1): one grouped pass
+  over the orders index, no window function.
 """
 
 import uuid
@@ -15,22 +22,32 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segments_shared.events import Kpis
 
+
+def _half_up_cents(numerator: str, denominator: str) -> str:
+    """SQL for numerator / denominator rounded half-up to 0.01 (both non-negative); null
+    when the denominator is 0."""
+    return (
+        f"CASE WHEN {denominator} > 0 "
+        f"THEN div(200 * {numerator} + {denominator}, 2 * {denominator}) * 0.01 END"
+    )
+
+
 _KPIS = text(
-    """
-    WITH members AS MATERIALIZED (
-        SELECT customer_id FROM segment_members WHERE segment_id = :segment_id
-    ),
-    member_orders AS (
-        SELECT o.total,
-               o.placed_at - lag(o.placed_at)
-                   OVER (PARTITION BY o.customer_id ORDER BY o.placed_at) AS gap
-        FROM orders o JOIN members m ON m.customer_id = o.customer_id
-        WHERE o.status = 'placed'
+    f"""
+    WITH member_orders AS (
+        SELECT count(*) AS orders,
+               sum(o.total) AS revenue,
+               max(o.placed_at) - min(o.placed_at) AS span
+        FROM segment_members m
+        JOIN orders o ON o.customer_id = m.customer_id
+        WHERE m.segment_id = :segment_id AND o.status = 'placed'
+        GROUP BY m.customer_id
     ),
     order_figures AS (
-        SELECT count(*) AS total_orders,
-               coalesce(sum(total), 0) AS total_revenue,
-               avg(extract(epoch FROM gap)) AS mean_gap_seconds
+        SELECT coalesce(sum(orders), 0)::bigint AS total_orders,
+               coalesce(sum(revenue), 0) AS total_revenue,
+               coalesce(sum(orders - 1), 0)::bigint AS gaps,
+               extract(epoch FROM sum(span)) AS gap_seconds
         FROM member_orders
     ),
     people AS (
@@ -38,15 +55,16 @@ _KPIS = text(
                count(*) FILTER (
                    WHERE c.email IS NOT NULL AND c.email_status = 'subscribed'
                ) AS reachable_customers
-        FROM members m JOIN customers c ON c.id = m.customer_id
+        FROM segment_members m JOIN customers c ON c.id = m.customer_id
+        WHERE m.segment_id = :segment_id
     )
     SELECT p.customers,
            p.reachable_customers,
            o.total_revenue,
            o.total_orders,
-           round(o.total_revenue / nullif(o.total_orders, 0), 2) AS average_order_value,
-           round(o.total_revenue / nullif(p.customers, 0), 2) AS customer_lifetime_value,
-           round(o.mean_gap_seconds / 86400, 2) AS order_latency_days,
+           {_half_up_cents("o.total_revenue", "o.total_orders")} AS average_order_value,
+           {_half_up_cents("o.total_revenue", "p.customers")} AS customer_lifetime_value,
+           {_half_up_cents("o.gap_seconds", "o.gaps * 86400")} AS order_latency_days,
            now() AS computed_at
     FROM people p CROSS JOIN order_figures o
     """

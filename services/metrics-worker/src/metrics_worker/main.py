@@ -1,11 +1,12 @@
-"""metrics-worker: recomputes segment KPIs (and RFM scores) after every relevant change."""
+"""metrics-worker: recomputes segment KPIs and RFM scores after every relevant change."""
 
 import asyncio
 import socket
 import uuid
 
-from metrics_worker.handlers import build_handlers
-from metrics_worker.recompute import KpiRecomputer
+from metrics_worker.handlers import after_commit, build_handlers
+from metrics_worker.recompute import Folding, KpiRecomputer
+from metrics_worker.rfm import RfmRecomputer
 from metrics_worker.settings import MetricsWorkerSettings
 from segments_shared.bus.consumer import EventConsumer
 from segments_shared.bus.relay import OutboxRelay
@@ -25,17 +26,26 @@ SERVICE = "metrics-worker"
 
 
 async def run(settings: MetricsWorkerSettings) -> None:
-    engine = create_engine(settings, pool_size=settings.metrics_concurrency + 3)
+    # KPI recomputations, the RFM run, the consumer, the relay and the health checks.
+    engine = create_engine(settings, pool_size=settings.metrics_concurrency + 4)
     worker_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     topology = Topology(settings.bus_prefix)
     amqp_url = settings.amqp_url.get_secret_value()
-    recomputer = KpiRecomputer(
+    kpis = KpiRecomputer(
         engine,
         worker_id,
-        debounce=settings.metrics_debounce_seconds,
+        folding=Folding(settings.metrics_debounce_seconds, settings.metrics_max_delay_seconds),
         concurrency=settings.metrics_concurrency,
     )
-    consumer = EventConsumer(engine, amqp_url, topology, SERVICE, build_handlers(recomputer.wake))
+    rfm = RfmRecomputer(engine, worker_id, period=settings.rfm_period_seconds)
+    consumer = EventConsumer(
+        engine,
+        amqp_url,
+        topology,
+        SERVICE,
+        build_handlers(kpis.wake, rfm_debounce=settings.rfm_debounce_seconds),
+        after_commit=after_commit(rfm.wake),
+    )
     relay = OutboxRelay(engine, amqp_url, topology, name=f"{SERVICE}-relay")
     stopping = asyncio.Event()
     health = create_health_app(
@@ -48,11 +58,12 @@ async def run(settings: MetricsWorkerSettings) -> None:
         await run_until_stopped(
             {
                 "consumer": consumer.run,
-                "kpis": recomputer.run,
+                "kpis": kpis.run,
+                "rfm": rfm.run,
                 "relay": relay.run,
                 "health": lambda: serve_health(health, settings.metrics_worker_port, stopping),
             },
-            [consumer.stop, recomputer.stop, relay.stop],
+            [consumer.stop, kpis.stop, rfm.stop, relay.stop],
             stopping,
         )
     finally:
