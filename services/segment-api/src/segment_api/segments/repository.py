@@ -196,8 +196,41 @@ def _by_email(statement: str) -> str:
     return statement.replace("c.external_id = i.value", "c.email = i.value")
 
 
+def _overriding(statement: str, mode: str) -> str:
+    """The same statement also recording the customers as explicit includes or excludes of
+    a rule segment, which win over its rule from now on."""
+    override = f"""
+    overridden AS (
+        INSERT INTO segment_overrides (segment_id, customer_id, mode)
+        SELECT :segment_id, id, '{mode}' FROM (SELECT DISTINCT id FROM found) f ORDER BY id
+        ON CONFLICT (segment_id, customer_id) DO UPDATE
+        SET mode = excluded.mode, created_at = now()
+    ),"""
+    return statement.replace("    added AS (", override + "\n    added AS (").replace(
+        "    removed AS (", override + "\n    removed AS ("
+    )
+
+
 _ADD_BY_EMAIL = text(_by_email(_ADD_BY_EXTERNAL_ID.text))
 _REMOVE_BY_EMAIL = text(_by_email(_REMOVE_BY_EXTERNAL_ID.text))
+_STATEMENTS = {
+    # (add, by email, rule segment)
+    (add, by_email, rule): text(
+        _overriding(template, "include" if add else "exclude") if rule else template
+    )
+    for add in (True, False)
+    for by_email in (True, False)
+    for rule in (True, False)
+    for template in [
+        (_ADD_BY_EMAIL if by_email else _ADD_BY_EXTERNAL_ID).text
+        if add
+        else (_REMOVE_BY_EMAIL if by_email else _REMOVE_BY_EXTERNAL_ID).text
+    ]
+}
+# Set-based membership inserts hold this lock shared (see rules/repository.py).
+LOCK_MEMBER_INSERTS = text(
+    "SELECT pg_advisory_xact_lock_shared(hashtext('segment_members.insert'))"
+)
 
 
 async def change_members(
@@ -207,16 +240,23 @@ async def change_members(
     add: bool,
     external_ids: list[str] | None,
     emails: list[str] | None,
+    rule: bool = False,
 ) -> AnyRow:
-    """Add or remove members; returns (changed, found, not_found)."""
-    if external_ids is not None:
-        statement = _ADD_BY_EXTERNAL_ID if add else _REMOVE_BY_EXTERNAL_ID
-        values = external_ids
-    else:
-        statement = _ADD_BY_EMAIL if add else _REMOVE_BY_EMAIL
-        values = emails or []
+    """Add or remove members; on a rule segment also record them as explicit includes or
+    excludes. Returns (changed, found, not_found)."""
+    statement = _STATEMENTS[(add, external_ids is None, rule)]
+    values = external_ids if external_ids is not None else emails or []
+    if add:
+        await conn.execute(LOCK_MEMBER_INSERTS)
     result = await conn.execute(statement, {"segment_id": segment_id, "values": values})
     return result.one()
+
+
+async def drop_overrides(conn: AsyncConnection, segment_id: uuid.UUID) -> None:
+    """A segment that is manual now keeps its members and forgets its rule's overrides."""
+    await conn.execute(
+        text("DELETE FROM segment_overrides WHERE segment_id = :s"), {"s": segment_id}
+    )
 
 
 async def record_membership_change(
@@ -374,6 +414,7 @@ _COPY_OVERRIDES = """
 async def copy_members(conn: AsyncConnection, source: uuid.UUID, target: uuid.UUID) -> int:
     driver = await driver_connection(conn)
     await driver.execute(_COPY_OVERRIDES, source, target)
+    await conn.execute(LOCK_MEMBER_INSERTS)
     copied: int = await driver.fetchval(_COPY_MEMBERS, source, target)
     return copied
 

@@ -1,12 +1,13 @@
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from segment_api.deps import Db, ReadDb, ReadKey, WriteKey
 from segment_api.pagination import Cursor, Limit, Page
 from segment_api.problems import problem_responses
+from segment_api.rules.refresher import wake_refresher
 from segment_api.segments import export, service
 from segment_api.segments.schemas import (
     DuplicateRequest,
@@ -42,9 +43,15 @@ def etag(version: int) -> str:
     responses=problem_responses(400, 401, 403, 409, 413, 422),
 )
 async def create_segment(
-    body: SegmentCreate, db: Db, key: WriteKey, request: Request, response: Response
+    body: SegmentCreate,
+    db: Db,
+    key: WriteKey,
+    request: Request,
+    response: Response,
+    background: BackgroundTasks,
 ) -> Segment:
     segment = await service.create_segment(db, body, key)
+    background.add_task(wake_refresher, request.app)
     response.headers["Location"] = str(request.url_for("get_segment", segment_id=segment.id))
     response.headers["ETag"] = etag(segment.version)
     return segment
@@ -144,10 +151,13 @@ async def update_segment(
     body: SegmentUpdate,
     db: Db,
     key: WriteKey,
+    request: Request,
     response: Response,
+    background: BackgroundTasks,
     if_match: IfMatch = None,
 ) -> Segment:
     segment = await service.update_segment(db, segment_id, body, key, if_match)
+    background.add_task(wake_refresher, request.app)
     response.headers["ETag"] = etag(segment.version)
     return segment
 
@@ -209,9 +219,40 @@ async def deactivate_segment(
     responses=problem_responses(401, 403, 404, 412, 422),
 )
 async def activate_segment(
-    segment_id: SegmentId, db: Db, _: WriteKey, response: Response, if_match: IfMatch = None
+    segment_id: SegmentId,
+    db: Db,
+    _: WriteKey,
+    request: Request,
+    response: Response,
+    background: BackgroundTasks,
+    if_match: IfMatch = None,
 ) -> Segment:
     segment = await service.set_active(db, segment_id, True, if_match)
+    background.add_task(wake_refresher, request.app)
+    response.headers["ETag"] = etag(segment.version)
+    return segment
+
+
+@router.post(
+    "/{segment_id}/refresh",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Segment,
+    summary="Recompute a rule segment's membership now",
+    description="Answers at once with the segment, `status` `building`; the old membership "
+    "stays readable until the new one replaces it in one transaction. Manual and inactive "
+    "segments are not refreshed (409).",
+    responses=problem_responses(401, 403, 404, 409, 422),
+)
+async def refresh_segment(
+    segment_id: SegmentId,
+    db: Db,
+    _: WriteKey,
+    request: Request,
+    response: Response,
+    background: BackgroundTasks,
+) -> Segment:
+    segment = await service.request_refresh(db, segment_id)
+    background.add_task(wake_refresher, request.app)
     response.headers["ETag"] = etag(segment.version)
     return segment
 

@@ -2,7 +2,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from segment_api.fields import (
     Email,
@@ -13,6 +20,8 @@ from segment_api.fields import (
     refuse_null,
     with_examples,
 )
+from segment_api.rules.definition import OrderBy
+from segment_api.rules.schemas import RULE_DESCRIPTION, RULE_EXAMPLE
 
 MAX_BATCH = 10_000
 
@@ -27,11 +36,31 @@ SegmentName = Annotated[Name, AfterValidator(_not_blank)]
 Description = Annotated[Text, Field(max_length=2000)]
 
 
-class ManualDefinition(RequestModel):
-    type: Literal["manual"] = "manual"
+class Definition(RequestModel):
+    """`{"type": "manual"}`, or `{"type": "rule", "rule": {...}}` with an optional size limit
+    (`max_size`, `order_by`). The rule is validated when saved; docs/rules.md."""
 
+    type: Literal["manual", "rule"] = "manual"
+    rule: dict[str, Any] | None = Field(None, description=RULE_DESCRIPTION)
+    max_size: StrictInt | None = Field(
+        None, ge=1, le=1_000_000_000, description="At most this many members (rule segments)"
+    )
+    order_by: OrderBy | None = Field(
+        None,
+        description="Which members a size limit keeps (default random, stable per segment)",
+    )
 
-Definition = ManualDefinition
+    model_config = with_examples(
+        {"type": "manual"},
+        {"type": "rule", "rule": RULE_EXAMPLE, "max_size": 5000, "order_by": "total_revenue_desc"},
+    )
+
+    def stored(self) -> dict[str, Any]:
+        """The definition as saved: absent fields left out, a size limit's order spelled out."""
+        stored = self.model_dump(exclude_none=True)
+        if self.type == "rule" and self.max_size is not None and self.order_by is None:
+            stored["order_by"] = "random"
+        return stored
 
 
 class SegmentCreate(RequestModel):
@@ -40,7 +69,7 @@ class SegmentCreate(RequestModel):
     kind: Literal["user", "custom"] = Field(
         "user", description="`custom` (made to a client's specification) needs the admin scope"
     )
-    definition: Definition = Field(default_factory=ManualDefinition)
+    definition: Definition = Field(default_factory=Definition)
 
     model_config = with_examples({"name": "VIP customers", "description": "Hand-picked top buyers"})
 

@@ -9,6 +9,10 @@ from segment_api.events import SOURCE
 from segment_api.fields import money_str
 from segment_api.pagination import decode_cursor, encode_cursor
 from segment_api.problems import ProblemException, field_error, not_found, parameter_error
+from segment_api.rules import queue
+from segment_api.rules import repository as rules_repository
+from segment_api.rules.definition import is_rule
+from segment_api.rules.service import check_definition
 from segment_api.segments import repository
 from segment_api.segments.schemas import (
     DuplicateRequest,
@@ -85,19 +89,23 @@ async def get_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> Segment:
 async def create_segment(conn: AsyncConnection, body: SegmentCreate, key: ApiKeyInfo) -> Segment:
     if body.kind == "custom" and not key.allows("admin"):
         raise ProblemException(403, "creating a custom segment needs the admin scope")
+    definition = body.definition.stored()
+    rule = await check_definition(conn, definition, None)
     segment_id = await repository.insert_segment(
         conn,
         {
             "name": body.name,
             "description": body.description,
             "kind": body.kind,
-            "definition": body.definition.model_dump(),
+            "definition": definition,
         },
     )
     if segment_id is None:
         raise ProblemException(409, f"a segment named {body.name!r} already exists")
     # New KPIs are stale until the metrics-worker computes them.
     await mark_segments_stale(conn, [segment_id])
+    if rule is not None:
+        await queue.request_refresh(conn, segment_id, "created")
     segment = await get_segment(conn, segment_id)
     await add_event(
         conn,
@@ -162,6 +170,8 @@ async def record_membership_change(
         correlation_id=current_correlation_id(),
     )
     await mark_segments_stale(conn, [segment_id])
+    # Rules referring to this segment follow (debounced, by the refresher).
+    await queue.note_segment_changed(conn, segment_id)
     await add_event(
         conn,
         SegmentMembersChanged(
@@ -183,7 +193,12 @@ async def add_members(
 ) -> MembersAdded:
     segment = await _locked_segment(conn, segment_id)
     result = await repository.change_members(
-        conn, segment.id, add=True, external_ids=body.external_ids, emails=body.emails
+        conn,
+        segment.id,
+        add=True,
+        external_ids=body.external_ids,
+        emails=body.emails,
+        rule=is_rule(segment.definition),
     )
     await record_membership_change(
         conn, segment.id, entered=result.changed, exited=0, cause="members_added"
@@ -200,7 +215,12 @@ async def remove_members(
 ) -> MembersRemoved:
     segment = await _locked_segment(conn, segment_id)
     result = await repository.change_members(
-        conn, segment.id, add=False, external_ids=body.external_ids, emails=body.emails
+        conn,
+        segment.id,
+        add=False,
+        external_ids=body.external_ids,
+        emails=body.emails,
+        rule=is_rule(segment.definition),
     )
     await record_membership_change(
         conn, segment.id, entered=0, exited=result.changed, cause="members_removed"
@@ -285,17 +305,28 @@ async def update_segment(
         raise ProblemException(409, "the definition and kind of a default segment are fixed")
     if not given:
         return await get_segment(conn, segment_id)
+    definition = body.definition.stored() if body.definition else None
+    rule = None
+    if definition is not None:
+        rule = await check_definition(conn, definition, segment_id)
     try:
         row = await repository.update_segment(
             conn,
             segment_id,
             name=given.get("name"),
             description=(given["description"],) if "description" in given else None,
-            definition=body.definition.model_dump() if body.definition else None,
+            definition=definition,
             kind=given.get("kind"),
         )
     except repository.NameTaken as exc:
         raise ProblemException(409, f"a segment named {body.name!r} already exists") from exc
+    if definition is not None and definition != segment.definition:
+        if rule is not None:
+            await queue.request_refresh(conn, segment_id, "rule_changed")
+        elif is_rule(segment.definition):
+            # Manual now: the members stay as they are, the rule's overrides go.
+            await repository.drop_overrides(conn, segment_id)
+            await queue.drop(conn, segment_id)
     return await _segment_changed(conn, row, SegmentUpdated)
 
 
@@ -306,6 +337,14 @@ async def delete_segment(
     check_if_match(if_match, segment.version)
     if segment.kind == "default":
         raise ProblemException(409, "default segments cannot be deleted; deactivate them")
+    await rules_repository.lock_rule_graph(conn)
+    referring = await rules_repository.referring_segments(conn, segment_id)
+    if referring:
+        names = ", ".join(repr(row["name"]) for row in referring[:5])
+        raise ProblemException(
+            409,
+            f"the rules of {names} refer to this segment; change them before deleting it",
+        )
     await repository.delete_segment(conn, segment_id)
     await add_event(
         conn,
@@ -326,7 +365,23 @@ async def set_active(
     if segment.active == active:
         return await get_segment(conn, segment_id)
     row = await repository.update_segment(conn, segment_id, active=active)
+    if active:
+        # It was not refreshed while inactive.
+        await queue.request_refresh(conn, segment_id, "activated")
+    else:
+        await queue.drop(conn, segment_id)
     return await _segment_changed(conn, row, SegmentActivated if active else SegmentDeactivated)
+
+
+async def request_refresh(conn: AsyncConnection, segment_id: uuid.UUID) -> Segment:
+    """Queue a recomputation of a rule segment's membership, due now."""
+    segment = await _locked_segment(conn, segment_id)
+    if not is_rule(segment.definition):
+        raise ProblemException(409, "only rule segments are refreshed; this one is manual")
+    if not segment.active:
+        raise ProblemException(409, "inactive segments are not refreshed; activate it first")
+    await queue.request_refresh(conn, segment_id, "refresh_requested")
+    return await get_segment(conn, segment_id)
 
 
 def copy_names(name: str, taken: set[str]) -> list[str]:

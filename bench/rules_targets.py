@@ -1,0 +1,176 @@
+"""Target-group operations on two 500,000-member segments (issue 6: combine, split and
+compare each under 2 s), on the 1,000,000-customer data set.
+
+    python -m bench.rules_targets [--repeat 3]
+
+A holds the customers with an even id, B the first 500,000 customers: 250,000 in both. Each
+operation runs through segment-api's own service (locks, new segments, set-based membership,
+history, events, one transaction), beside its bare membership statement run by hand in the
+same run (the baseline: what the database cannot avoid doing). Created segments are deleted
+and the table vacuumed between runs. Prints medians and ratios, and the machine's load.
+"""
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bench.dataset import DatasetSpec, clone, create_segment, drop
+from segment_api.targets import service
+from segment_api.targets.schemas import CombineRequest, CompareRequest, SplitPart, SplitRequest
+from segments_shared.config import DatabaseSettings
+from segments_shared.db.engine import create_engine
+
+DATABASE = "segments_bench_rules_targets"
+SCRATCH = uuid.UUID(int=1)
+
+BARE = {
+    "union": """
+        INSERT INTO segment_members (segment_id, customer_id)
+        SELECT :target, customer_id FROM segment_members WHERE segment_id IN (:a, :b)
+        GROUP BY customer_id ORDER BY customer_id
+    """,
+    "intersect": """
+        INSERT INTO segment_members (segment_id, customer_id)
+        SELECT :target, customer_id FROM segment_members WHERE segment_id IN (:a, :b)
+        GROUP BY customer_id HAVING count(*) = 2 ORDER BY customer_id
+    """,
+    "difference": """
+        INSERT INTO segment_members (segment_id, customer_id)
+        SELECT :target, customer_id FROM segment_members m WHERE segment_id = :a
+          AND NOT EXISTS (SELECT 1 FROM segment_members o
+                          WHERE o.segment_id = :b AND o.customer_id = m.customer_id)
+        ORDER BY customer_id
+    """,
+    "split": """
+        INSERT INTO segment_members (segment_id, customer_id)
+        SELECT :target, customer_id FROM segment_members WHERE segment_id = :a
+        ORDER BY customer_id
+    """,
+    "compare": """
+        SELECT (SELECT count(*) FROM segment_members WHERE segment_id = :a),
+               (SELECT count(*) FROM segment_members WHERE segment_id = :b),
+               (SELECT count(*) FROM segment_members a JOIN segment_members b
+                  ON b.customer_id = a.customer_id AND b.segment_id = :b
+                WHERE a.segment_id = :a)
+    """,
+}
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+async def first_half(url: str) -> uuid.UUID:
+    segment_id = uuid.uuid4()
+    engine = create_engine(DatabaseSettings(database_url=url), pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO segments (id, name) VALUES (:s, 'First half')"), {"s": segment_id}
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO segment_members (segment_id, customer_id) "
+                    "SELECT :s, id FROM customers WHERE id <= 500000 ORDER BY id"
+                ),
+                {"s": segment_id},
+            )
+            await conn.execute(
+                text("UPDATE segments SET member_count = 500000 WHERE id = :s"), {"s": segment_id}
+            )
+    finally:
+        await engine.dispose()
+    return segment_id
+
+
+async def tidy(engine: AsyncEngine, keep: set[uuid.UUID]) -> None:
+    """Delete what a run created (the trigger deletes their members), then vacuum."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("DELETE FROM segments WHERE kind = 'user' AND NOT (id = ANY(:keep))"),
+            {"keep": list(keep)},
+        )
+        await conn.execute(
+            text("DELETE FROM segment_members WHERE segment_id = :s"), {"s": SCRATCH}
+        )
+        await conn.execute(text("DELETE FROM outbox"))
+    async with engine.connect() as conn:
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.execute(text("VACUUM ANALYZE segment_members"))
+
+
+async def main(spec: DatasetSpec, repeat: int) -> None:
+    print(f"before: {load()}")
+    url = await clone(spec, DATABASE)
+    a = await create_segment(url, "Even ids", every=2)
+    b = await first_half(url)
+    engine = create_engine(DatabaseSettings(database_url=url), pool_size=2)
+    runs: dict[str, list[float]] = {}
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE segments SET active = false WHERE kind = 'default'"))
+            await conn.execute(
+                text("INSERT INTO segments (id, name) VALUES (:s, 'Scratch')"), {"s": SCRATCH}
+            )
+        await tidy(engine, {a, b, SCRATCH})
+        sizes: dict[str, int] = {}
+
+        async def run_service(name: str) -> None:
+            async with engine.begin() as conn:
+                if name == "compare":
+                    result = await service.compare(conn, CompareRequest(segment_ids=[a, b]))
+                    sizes[name] = result.pairs[0].intersection
+                elif name == "split":
+                    parts = [SplitPart(name="Half 1", weight=1), SplitPart(name="Half 2", weight=1)]
+                    made = await service.split(conn, a, SplitRequest(parts=parts, seed="bench"))
+                    sizes[name] = sum(segment.member_count for segment in made)
+                else:
+                    body = CombineRequest.model_validate(
+                        {"operation": name, "segment_ids": [a, b], "name": name}
+                    )
+                    sizes[name] = (await service.combine(conn, body)).member_count
+
+        async def run_bare(name: str) -> None:
+            async with engine.begin() as conn:
+                await conn.execute(text(BARE[name]), {"target": SCRATCH, "a": a, "b": b})
+
+        for run in range(repeat):
+            for name in ("union", "intersect", "difference", "split", "compare"):
+                # Each goes first every other run.
+                order = ("service", "bare") if run % 2 else ("bare", "service")
+                for side in order:
+                    action = run_service if side == "service" else run_bare
+                    started = time.perf_counter()
+                    await action(name)
+                    runs.setdefault(f"{name} {side}", []).append(time.perf_counter() - started)
+                    await tidy(engine, {a, b, SCRATCH})
+        print(f"data set: {spec.customers:,} customers, {spec.orders:,} orders; repeat {repeat}")
+        print("A: 500,000 even ids; B: the first 500,000 customers; 250,000 in both")
+        print(f"result sizes: {sizes}")
+        for name in ("union", "intersect", "difference", "split", "compare"):
+            ours = statistics.median(runs[f"{name} service"])
+            bare = statistics.median(runs[f"{name} bare"])
+            print(
+                f"{name:10} service {ours:6.3f} s   bare statement {bare:6.3f} s   "
+                f"ratio {ours / bare:5.2f}"
+            )
+    finally:
+        await engine.dispose()
+        await drop(DATABASE)
+        print(f"after: {load()}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--customers", type=int, default=DatasetSpec.customers)
+    parser.add_argument("--orders", type=int, default=DatasetSpec.orders)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(main(DatasetSpec(customers=args.customers, orders=args.orders), args.repeat))

@@ -1,0 +1,285 @@
+"""SQL of the target-group operations: every one a set-based statement over memberships."""
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import insert, literal, nulls_last, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from segment_api.rules.compile import AnySelect
+from segments_shared.db.engine import driver_connection
+from segments_shared.db.models import SegmentMember
+
+# Set-based membership inserts hold this lock shared (rules/repository.py explains why).
+_LOCK_MEMBER_INSERTS = text(
+    "SELECT pg_advisory_xact_lock_shared(hashtext('segment_members.insert'))"
+)
+
+_LOCK_SOURCES = """
+    SELECT id, name, definition, active, member_count FROM segments
+    WHERE id = ANY(:ids) ORDER BY id FOR {mode}
+"""
+
+# Inserted in customer order (the indexes fill in order); counted from the command status.
+_UNION = """
+    INSERT INTO segment_members (segment_id, customer_id)
+    SELECT $1, customer_id FROM segment_members WHERE segment_id = ANY($2::uuid[])
+    GROUP BY customer_id ORDER BY customer_id
+"""
+_INTERSECT = """
+    INSERT INTO segment_members (segment_id, customer_id)
+    SELECT $1, customer_id FROM segment_members WHERE segment_id = ANY($2::uuid[])
+    GROUP BY customer_id HAVING count(*) = cardinality($2::uuid[])
+    ORDER BY customer_id
+"""
+_DIFFERENCE = """
+    INSERT INTO segment_members (segment_id, customer_id)
+    SELECT $1, a.customer_id FROM segment_members a
+    WHERE a.segment_id = ($2::uuid[])[1]
+      AND NOT EXISTS (
+          SELECT 1 FROM segment_members b
+          WHERE b.segment_id = ANY(($2::uuid[])[2:]) AND b.customer_id = a.customer_id
+      )
+    ORDER BY a.customer_id
+"""
+_COMBINE = {"union": _UNION, "intersect": _INTERSECT, "difference": _DIFFERENCE}
+
+# Members in the order of a stable hash of (customer, seed); part i takes the positions from
+# its lower bound ($3[i]) to the next one. width_bucket() finds the part of each position.
+_SPLIT = """
+    WITH ranked AS (
+        SELECT customer_id,
+               row_number() OVER (ORDER BY hashtextextended(customer_id::text, $2),
+                                           customer_id) - 1 AS position
+        FROM segment_members WHERE segment_id = $1
+    )
+    INSERT INTO segment_members (segment_id, customer_id)
+    SELECT ($4::uuid[])[width_bucket(position, $3::bigint[])], customer_id
+    FROM ranked
+    ORDER BY customer_id
+"""
+
+# Sizes (the diagonal, a = b) and the intersection of every pair, in one snapshot. Each
+# pair is its own subquery on two single segments, so PostgreSQL merge-joins their primary
+# key ranges, both in customer order: 0.1 s for two 500,000-member segments, where one join
+# over all of them hashed 1,000,000 rows (measured).
+_OVERLAPS = """
+    SELECT s.id AS a, s.id AS b,
+           (SELECT count(*) FROM segment_members m WHERE m.segment_id = s.id) AS both
+    FROM unnest($1::uuid[]) AS s(id)
+    UNION ALL
+    SELECT p.a, p.b,
+           (SELECT count(*) FROM segment_members x
+            JOIN segment_members y ON y.customer_id = x.customer_id AND y.segment_id = p.b
+            WHERE x.segment_id = p.a)
+    FROM unnest($2::uuid[], $3::uuid[]) AS p(a, b)
+"""
+
+# Each listed segment loses the customers an earlier one holds; rows a concurrent erasure
+# holds are skipped (the erasure removes them itself).
+_DEDUPLICATE = """
+    WITH listed AS (
+        SELECT segment_id, position
+        FROM unnest($1::uuid[]) WITH ORDINALITY AS l(segment_id, position)
+    ),
+    firsts AS (
+        SELECT m.customer_id, min(l.position) AS first
+        FROM segment_members m JOIN listed l ON l.segment_id = m.segment_id
+        GROUP BY m.customer_id
+        HAVING count(*) > 1
+    ),
+    removable AS (
+        SELECT m.segment_id, m.customer_id
+        FROM segment_members m
+        JOIN listed l ON l.segment_id = m.segment_id
+        JOIN firsts f ON f.customer_id = m.customer_id
+        WHERE l.position > f.first
+        FOR UPDATE OF m SKIP LOCKED
+    ),
+    removed AS (
+        DELETE FROM segment_members m USING removable r
+        WHERE m.segment_id = r.segment_id AND m.customer_id = r.customer_id
+        RETURNING m.segment_id
+    )
+    SELECT segment_id, count(*) AS removed FROM removed GROUP BY segment_id
+"""
+
+# k-means input: log-scaled recency (whole days since the last placed order), frequency
+# (placed orders) and monetary value (their revenue) of every customer with a placed order.
+_CREATE_FEATURES = """
+    CREATE TEMPORARY TABLE cluster_features (
+        customer_id bigint NOT NULL,
+        recency float8 NOT NULL,
+        frequency float8 NOT NULL,
+        monetary float8 NOT NULL
+    ) ON COMMIT DROP
+"""
+_FILL_FEATURES = """
+    INSERT INTO cluster_features (customer_id, recency, frequency, monetary)
+    SELECT customer_id,
+           ln(1 + greatest(floor(extract(epoch FROM now() - max(placed_at)) / 86400), 0)),
+           ln(1 + count(*)),
+           ln(1 + sum(total)::float8)
+    FROM orders WHERE status = 'placed'
+    GROUP BY customer_id
+"""
+_FEATURE_STATS = """
+    SELECT count(*) AS buyers,
+           avg(recency) AS recency_mean, stddev_pop(recency) AS recency_std,
+           avg(frequency) AS frequency_mean, stddev_pop(frequency) AS frequency_std,
+           avg(monetary) AS monetary_mean, stddev_pop(monetary) AS monetary_std
+    FROM cluster_features
+"""
+_FEATURE_SAMPLE = """
+    SELECT recency, frequency, monetary FROM cluster_features
+    ORDER BY hashtextextended(customer_id::text, $1), customer_id
+    LIMIT $2
+"""
+# Every buyer joins the nearest centroid (in standardised units, over the chosen features;
+# ties go to the first cluster), each cluster being a new segment ($1).
+_ASSIGN = """
+    WITH scaled AS (
+        SELECT customer_id,
+               (recency - $2) / $3 AS r, (frequency - $4) / $5 AS f, (monetary - $6) / $7 AS m
+        FROM cluster_features
+    ),
+    added AS (
+        INSERT INTO segment_members (segment_id, customer_id)
+        SELECT ($1::uuid[])[nearest.idx], s.customer_id
+        FROM scaled s
+        CROSS JOIN LATERAL (
+            SELECT c.idx
+            FROM unnest($8::float8[], $9::float8[], $10::float8[])
+                 WITH ORDINALITY AS c(r, f, m, idx)
+            ORDER BY $11 * (s.r - c.r) ^ 2 + $12 * (s.f - c.f) ^ 2 + $13 * (s.m - c.m) ^ 2, c.idx
+            LIMIT 1
+        ) nearest
+        ORDER BY s.customer_id
+        RETURNING segment_id
+    )
+    SELECT segment_id, count(*) AS added FROM added GROUP BY segment_id
+"""
+
+
+async def lock_segments(
+    conn: AsyncConnection, ids: Sequence[uuid.UUID], mode: str
+) -> dict[uuid.UUID, Mapping[str, Any]]:
+    """The segments, locked in id order (no deadlocks): `KEY SHARE` keeps them from being
+    deleted, `SHARE` also freezes their membership, `NO KEY UPDATE` to change it. Through
+    SQLAlchemy, so that the transaction has begun."""
+    assert mode in ("KEY SHARE", "SHARE", "NO KEY UPDATE")
+    statement = text(_LOCK_SOURCES.format(mode=mode))
+    rows = (await conn.execute(statement, {"ids": list(ids)})).mappings().all()
+    return {row["id"]: dict(row) for row in rows}
+
+
+async def lock_member_inserts(conn: AsyncConnection) -> None:
+    await conn.execute(_LOCK_MEMBER_INSERTS)
+
+
+def _inserted(status: str) -> int:
+    """Rows an INSERT wrote, from its command status ("INSERT 0 <rows>")."""
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def combine(
+    conn: AsyncConnection, operation: str, target: uuid.UUID, sources: Sequence[uuid.UUID]
+) -> int:
+    driver = await driver_connection(conn)
+    return _inserted(await driver.execute(_COMBINE[operation], target, list(sources)))
+
+
+async def split(
+    conn: AsyncConnection,
+    source: uuid.UUID,
+    seed: int,
+    lower_bounds: Sequence[int],
+    parts: Sequence[uuid.UUID],
+) -> dict[uuid.UUID, int]:
+    """Each part's count: the positions of its range that exist (a member erased meanwhile
+    shortens the last ranges)."""
+    driver = await driver_connection(conn)
+    status = await driver.execute(_SPLIT, source, seed, list(lower_bounds), list(parts))
+    total = _inserted(status)
+    upper = [*lower_bounds[1:], total]
+    return {
+        part: max(0, min(high, total) - low)
+        for part, low, high in zip(parts, lower_bounds, upper, strict=True)
+    }
+
+
+async def insert_selected(
+    conn: AsyncConnection, target: uuid.UUID, selection: AnySelect, limit: int
+) -> int:
+    """The first `limit` customers of a selection of (customer_id, sort_key), highest key
+    first, ties to the longest-standing customer."""
+    ranked = selection.subquery()
+    top = (
+        select(ranked.c.customer_id)
+        .order_by(nulls_last(ranked.c.sort_key.desc()), ranked.c.customer_id)
+        .limit(limit)
+        .subquery()
+    )
+    statement = insert(SegmentMember).from_select(
+        ["segment_id", "customer_id"],
+        select(literal(target), top.c.customer_id).order_by(top.c.customer_id),
+    )
+    result = await conn.execute(statement)
+    return int(result.rowcount)
+
+
+async def overlaps(
+    conn: AsyncConnection, ids: Sequence[uuid.UUID]
+) -> tuple[dict[uuid.UUID, int], dict[tuple[uuid.UUID, uuid.UUID], int]]:
+    """Each segment's size, and the intersection of every pair keyed (smaller id, larger
+    id)."""
+    driver = await driver_connection(conn)
+    pairs = [(min(a, b), max(a, b)) for i, a in enumerate(ids) for b in ids[i + 1 :]]
+    firsts, seconds = [a for a, _ in pairs], [b for _, b in pairs]
+    sizes: dict[uuid.UUID, int] = {}
+    both: dict[tuple[uuid.UUID, uuid.UUID], int] = {}
+    for row in await driver.fetch(_OVERLAPS, list(ids), firsts, seconds):
+        if row["a"] == row["b"]:
+            sizes[row["a"]] = row["both"]
+        else:
+            both[(row["a"], row["b"])] = row["both"]
+    return sizes, both
+
+
+async def deduplicate(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    driver = await driver_connection(conn)
+    rows = await driver.fetch(_DEDUPLICATE, list(ids))
+    return {row["segment_id"]: row["removed"] for row in rows}
+
+
+async def prepare_features(conn: AsyncConnection) -> Mapping[str, Any]:
+    """Compute every buyer's features into `cluster_features`; returns their statistics."""
+    # The caller tuned the transaction (rules/repository.py): serial plans, so the same sums
+    # in the same order and the same scaling every time.
+    driver = await driver_connection(conn)
+    await driver.execute(_CREATE_FEATURES)
+    await driver.execute(_FILL_FEATURES)
+    stats: Mapping[str, Any] = await driver.fetchrow(_FEATURE_STATS)
+    return stats
+
+
+async def feature_sample(conn: AsyncConnection, seed: int, size: int) -> list[tuple[float, ...]]:
+    driver = await driver_connection(conn)
+    rows = await driver.fetch(_FEATURE_SAMPLE, seed, size)
+    return [tuple(row) for row in rows]
+
+
+async def assign_clusters(
+    conn: AsyncConnection,
+    segments: Sequence[uuid.UUID],
+    scaling: Sequence[float],
+    centroids: Sequence[Sequence[float]],
+    weights: Sequence[float],
+) -> dict[uuid.UUID, int]:
+    """`scaling`: mean and standard deviation of each feature; `centroids`: one row per
+    cluster in standardised units; `weights`: 1 for a chosen feature, 0 otherwise."""
+    driver = await driver_connection(conn)
+    columns = [[centroid[index] for centroid in centroids] for index in range(3)]
+    rows = await driver.fetch(_ASSIGN, list(segments), *scaling, *columns, *weights)
+    return {row["segment_id"]: row["added"] for row in rows}

@@ -1,0 +1,62 @@
+"""segment-api with a quick refresher: changes fold in after 0.3 s instead of a minute."""
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from segment_api.main import create_app
+from segment_api.rules.settings import RefreshSettings
+from segment_api.settings import ApiSettings
+
+DEBOUNCE = 0.3
+
+# Every table a refused request could have written.
+TABLES = (
+    "customers",
+    "orders",
+    "segments",
+    "segment_members",
+    "segment_overrides",
+    "segment_history",
+    "segment_refreshes",
+    "outbox",
+)
+
+Snapshot = Callable[[], Awaitable[dict[str, int]]]
+
+
+@pytest.fixture
+def refresh_settings() -> RefreshSettings:
+    return RefreshSettings(
+        rule_refresh_debounce_seconds=DEBOUNCE,
+        rule_refresh_poll_seconds=0.05,
+        rule_refresh_period_seconds=3600,
+        rule_refresh_lease_seconds=30,
+    )
+
+
+@pytest_asyncio.fixture
+async def app(
+    api_settings: ApiSettings, clean_db: AsyncEngine, refresh_settings: RefreshSettings
+) -> AsyncIterator[FastAPI]:
+    app = create_app(api_settings, refresh_settings)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+def row_counts(clean_db: AsyncEngine) -> Snapshot:
+    """Row counts of the tables a request could write, to prove a refusal changed nothing."""
+
+    async def snapshot() -> dict[str, int]:
+        async with clean_db.connect() as conn:
+            return {
+                table: int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+                for table in TABLES
+            }
+
+    return snapshot
