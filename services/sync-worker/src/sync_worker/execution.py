@@ -1,29 +1,36 @@
-"""Carrying out one sync run, checkpointed after every round of batches.
+"""Carrying out one sync run (or promotion), checkpointed after every round of batches.
 
-Each round reads up to `concurrency` batches of the plan, sends them at once, then records in
-one transaction what the destination now holds, the failures, the stats and the cursor,
-under the run's lease. A worker killed at any point leaves at most one round sent but not
-recorded; the run's next holder sends it again, which adds and removes idempotently.
+A run resolves the remote segment (remembered id, else name, else created), reconciles the
+worker's record with a remote segment that existed before (reading its members), writes its
+plan (`planner`), then works through the plan in rounds: each round's batches are sent at
+once (the limiter keeps them within the vendor's limits), and one transaction records what
+the destination now holds, the rejected records, the stats and the position, under the run's
+lease. The next round is read, and sent, while the previous one is being recorded.
+
+A worker killed at any point leaves at most the rounds in flight sent but not recorded; the
+run's next holder sends them again, which adds and removes idempotently, and counts nothing
+twice (the stats count what the record gained and lost).
 """
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import httpx
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from segments_shared.bus.outbox import add_event
 from segments_shared.db.types import AnyRow
-from segments_shared.destinations import CONFIG_MODELS
+from segments_shared.destinations import CONFIG_MODELS, CommerceConfig, DestinationConfig
 from segments_shared.events import SyncCompleted, SyncCompletedEvent
 from segments_shared.secrets import SecretBox
 from sync_worker import planner, runs
 from sync_worker.connectors.base import (
     BatchResult,
+    Capabilities,
     Connector,
     ConnectorError,
     RemoteSegment,
@@ -32,6 +39,8 @@ from sync_worker.connectors.base import (
 )
 from sync_worker.connectors.http import RetryPolicy
 from sync_worker.connectors.registry import UnsupportedDestination, build_connector
+from sync_worker.limiter import VendorLimiter
+from sync_worker.planner import Round
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +53,16 @@ STAT_NAMES = (
     "skipped_unreachable",
     "failed_records",
 )
+# A promotion waits this long between looks at a production sync still running.
+DEFER_SECONDS = 2.0
 
 
 class Interrupted(Exception):
     """The worker is stopping (or lost its lease): hand the run over at a batch boundary."""
+
+
+class Deferred(Exception):
+    """The run cannot start yet (a promotion's source is being synced): claim it later."""
 
 
 @dataclass
@@ -60,7 +75,9 @@ class Execution:
     stats: dict[str, int] = field(default_factory=dict)
     checkpoint: dict[str, Any] = field(default_factory=dict)
 
-    async def save(self, extra: Callable[[Any], Awaitable[None]] | None = None) -> None:
+    async def save(self, extra: Callable[[AsyncConnection], Awaitable[None]] | None = None) -> None:
+        """Checkpoint (stats and working state), with `extra`'s writes, in one transaction
+        that holds only if the lease is still ours."""
         async with self.engine.begin() as conn:
             if extra is not None:
                 await extra(conn)
@@ -73,11 +90,21 @@ class Execution:
             raise Interrupted(str(self.run.id))
 
 
+@dataclass(frozen=True)
+class Batch:
+    operation: Literal["add", "remove"]
+    members: Sequence[SyncMember]
+
+
+SentBatch = tuple[Batch, BatchResult | BaseException]
+
+
 async def execute_run(
     execution: Execution,
     secret_box: SecretBox | None,
-    client: httpx.AsyncClient,
+    request_timeout: httpx.Timeout,
     policy: RetryPolicy,
+    limiter: VendorLimiter,
 ) -> None:
     run = execution.run
     execution.stats = {name: int(run.stats.get(name, 0)) for name in STAT_NAMES}
@@ -94,13 +121,22 @@ async def execute_run(
             raise ConnectorError("SEGMENTS_SECRET_KEY is not set: credentials cannot be read")
         secrets = secret_box.decrypt(target.secrets)
         config = CONFIG_MODELS[target.type].model_validate({**target.config, **secrets})
+        if run.kind == "promotion":
+            config = _promotion_config(config)
         context = RunContext(
             sync_id=str(run.id),
             segment_id=str(run.segment_id),
             segment_name=target.segment_name,
             checkpoint=execution.checkpoint,
         )
-        connector = build_connector(target.type, config, secrets, context, client, policy)
+        connector = build_connector(
+            config,
+            context,
+            account=target.account_key,
+            timeout=request_timeout,
+            policy=policy,
+            limiter=limiter,
+        )
     except (ConnectorError, UnsupportedDestination, ValueError) as exc:
         await _finish(execution, "failed", str(exc))
         return
@@ -113,161 +149,356 @@ async def execute_run(
         await connector.aclose()
 
 
+def _promotion_config(config: DestinationConfig) -> DestinationConfig:
+    """Staging gets an exact copy under production's name, whatever its own export rules."""
+    if not isinstance(config, CommerceConfig):
+        raise ConnectorError("a promotion goes to a commerce destination")
+    return config.model_copy(update={"naming": "match_name", "export_mode": "replace"})
+
+
 async def _sync(execution: Execution, connector: Connector, target: AnyRow) -> None:
     run = execution.run
-    capabilities = connector.capabilities
-    remote = await connector.find_or_create_segment(target.segment_name, target.remote_id)
+    if run.kind == "promotion":
+        wanted_name = str(execution.checkpoint.get("remote_name") or "")
+        if not wanted_name:
+            wanted_name = await _promotion_source_name(execution)
+    else:
+        wanted_name = connector.remote_name(target.segment_name)
+    remote = await _resolve_remote(execution, connector, target, wanted_name)
+    if execution.checkpoint.get("reconcile") and not execution.checkpoint.get("reconciled"):
+        await _reconcile(execution, connector, remote)
+    if not execution.checkpoint.get("planned"):
+        await _plan(execution, connector)
+    await _send_plan(execution, connector, remote)
+    status = "partial" if execution.stats["failed_records"] else "succeeded"
+    await _finish(execution, status, None)
 
-    async def remember(conn: Any) -> None:
-        await runs.remember_remote(conn, run, remote.id, remote.name)
-        if remote.created:
-            await planner.forget_remote(conn, run.segment_id, run.destination_id)
 
-    execution.checkpoint["remote_id"] = remote.id
-    await execution.save(remember)
+async def _promotion_source_name(execution: Execution) -> str:
+    """The name production's segment carries, once production is settled: a promotion copies
+    the record of its last successful sync, so it waits while production syncs."""
+    async with execution.engine.connect() as conn:
+        source = await runs.promotion_source(conn, execution.run)
+    _check_source(source)
+    assert source is not None
+    return str(source.remote_name)
 
-    if target.remote_id is None and not remote.created and "reconciled" not in execution.checkpoint:
-        async for keys in connector.read_members(remote):
-            execution.check()
-            async with execution.engine.begin() as conn:
-                await planner.record_remote_keys(conn, run.segment_id, run.destination_id, keys)
-        execution.checkpoint["reconciled"] = True
+
+def _check_source(source: AnyRow | planner.SourceState | None) -> None:
+    if source is None or not (
+        source.synced if isinstance(source, planner.SourceState) else source.last_success_run_id
+    ):
+        raise ConnectorError(
+            "the production destination has no successful sync of this segment to promote"
+        )
+    if source.latest_status in ("queued", "running"):
+        raise Deferred("the production destination is syncing this segment")
+    if source.latest_status not in ("succeeded", "partial"):
+        raise ConnectorError(
+            "the production destination's last sync of this segment failed, so what it holds "
+            "is not the result of a successful sync: sync it again, then promote"
+        )
+
+
+async def _resolve_remote(
+    execution: Execution, connector: Connector, target: AnyRow, wanted_name: str
+) -> RemoteSegment:
+    run = execution.run
+    checkpoint = execution.checkpoint
+    fresh = "remote_name" not in checkpoint
+    if fresh:
+        checkpoint["remote_name"] = wanted_name
+        if connector.creates_new_segments:
+            # A timestamped name is decided once: after a crash the run finds the segment it
+            # created under that name instead of creating another.
+            await execution.save()
+    remembered = checkpoint.get("remote_id") or (
+        None if connector.creates_new_segments else target.remote_id
+    )
+    remote = await connector.find_or_create_segment(str(checkpoint["remote_name"]), remembered)
+    while fresh and connector.creates_new_segments and remote.found_by == "name":
+        # Another export took this second's name: names carry seconds, so wait for the next.
+        await asyncio.sleep(1.0)
+        checkpoint["remote_name"] = connector.remote_name(target.segment_name)
         await execution.save()
+        remote = await connector.find_or_create_segment(str(checkpoint["remote_name"]), None)
+    if remote.id == checkpoint.get("remote_id"):
+        return remote  # resumed: the checkpoint already describes it
+    restart = "remote_id" in checkpoint  # the remote segment vanished under a running run
+    checkpoint["remote_id"] = remote.id
+    checkpoint["reconcile"] = remote.found_by == "name"
+    for name_ in ("planned", "streamed", "position", "reconciled"):
+        checkpoint.pop(name_, None)
 
-    if "planned" not in execution.checkpoint:
-        async with execution.engine.connect() as conn:
-            plan = await planner.count_plan(conn, run.segment_id, run.destination_id, capabilities)
+    async def remember(conn: AsyncConnection) -> None:
+        await runs.remember_remote(conn, run, remote.id, remote.name)
+        if remote.found_by == "created":
+            await planner.forget_record(conn, run.segment_id, run.destination_id)
+        if restart:
+            await planner.drop_plan(conn, run.id)
+
+    await execution.save(remember)
+    log.info(
+        "remote segment resolved",
+        extra={"sync_id": str(run.id), "remote_id": remote.id, "found_by": remote.found_by},
+    )
+    return remote
+
+
+async def _reconcile(execution: Execution, connector: Connector, remote: RemoteSegment) -> None:
+    """The remote segment existed before we synced into it: the record becomes what it
+    holds now (read afresh from the start if a restart interrupted this)."""
+    run = execution.run
+
+    async def forget(conn: AsyncConnection) -> None:
+        await planner.forget_record(conn, run.segment_id, run.destination_id)
+
+    await execution.save(forget)
+    async for keys in connector.read_members(remote):
+        execution.check()
+
+        async def record(conn: AsyncConnection, keys: list[str] = keys) -> None:
+            await planner.record_remote_keys(
+                conn, run.segment_id, run.destination_id, connector.capabilities, keys
+            )
+
+        await execution.save(record)
+    execution.checkpoint["reconciled"] = True
+    await execution.save()
+
+
+async def _plan(execution: Execution, connector: Connector) -> None:
+    run = execution.run
+    checkpoint = execution.checkpoint
+
+    async def write(conn: AsyncConnection) -> None:
+        await planner.drop_plan(conn, run.id)
+        if run.kind == "promotion":
+            plan, source = await planner.plan_promotion(
+                conn, run.id, run.segment_id, run.source_destination_id, run.destination_id
+            )
+            if not source.settled:
+                _check_source(source)  # raises: the transaction and its plan roll back
+        else:
+            # Counted on another connection while this one compares the segment and record.
+            sizes = asyncio.create_task(_count_sizes(execution))
+            try:
+                plan = await planner.plan_sync(
+                    conn,
+                    run.id,
+                    run.segment_id,
+                    run.destination_id,
+                    connector.capabilities,
+                    removals=connector.removes_members,
+                    sizes=sizes,
+                )
+            finally:
+                if not sizes.done():
+                    sizes.cancel()
         execution.stats.update(
             planned_add=plan.planned_add,
             planned_remove=plan.planned_remove,
             skipped_unreachable=plan.skipped_unreachable,
         )
-        execution.checkpoint["planned"] = True
-        await execution.save()
+        checkpoint["planned"] = True
+        checkpoint["streamed"] = plan.streamed
+        checkpoint["position"] = 0
 
-    await _send_additions(execution, connector, remote)
-    await _send_removals(execution, connector, remote)
-    status = "partial" if execution.stats["failed_records"] else "succeeded"
-    await _finish(execution, status, None)
+    await execution.save(write)
+    log.info("sync run planned", extra={"sync_id": str(run.id), "stats": execution.stats})
 
 
-async def _send_additions(
-    execution: Execution, connector: Connector, remote: RemoteSegment
-) -> None:
+async def _count_sizes(execution: Execution) -> AnyRow:
+    async with execution.engine.connect() as conn:
+        run = execution.run
+        return await planner.count_sizes(conn, run.segment_id, run.destination_id)
+
+
+async def _send_plan(execution: Execution, connector: Connector, remote: RemoteSegment) -> None:
     run = execution.run
     capabilities = connector.capabilities
-    after = int(execution.checkpoint.get("add_after", 0))
-    while True:
-        execution.check()
-        batches: list[list[SyncMember]] = []
+    round_size = capabilities.concurrency * capabilities.batch_size
+    streamed = bool(execution.checkpoint.get("streamed"))
+
+    async def read(after: int) -> Round:
         async with execution.engine.connect() as conn:
-            for _ in range(capabilities.concurrency):
-                members, after = await planner.next_additions(
-                    conn,
-                    run.segment_id,
-                    run.destination_id,
-                    capabilities,
-                    after_customer_id=after,
-                    limit=capabilities.batch_size,
-                )
-                if not members:
-                    break
-                batches.append(members)
-        if not batches:
-            return
-        results = await _send_round(connector.add_members, remote, batches)
-        await execution.save(partial(_record_additions, execution, batches, results, after))
-        _raise_first_error(results)
-
-
-async def _send_removals(execution: Execution, connector: Connector, remote: RemoteSegment) -> None:
-    run = execution.run
-    capabilities = connector.capabilities
-    after = str(execution.checkpoint.get("remove_after", ""))
-    while True:
-        execution.check()
-        batches: list[list[SyncMember]] = []
-        async with execution.engine.connect() as conn:
-            for _ in range(capabilities.concurrency):
-                members = await planner.next_removals(
-                    conn,
-                    run.segment_id,
-                    run.destination_id,
-                    capabilities,
-                    after_key=after,
-                    limit=capabilities.batch_size,
-                )
-                if not members:
-                    break
-                batches.append(members)
-                after = members[-1].key
-        if not batches:
-            return
-        results = await _send_round(connector.remove_members, remote, batches)
-        await execution.save(partial(_record_removals, execution, batches, results, after))
-        _raise_first_error(results)
-
-
-async def _record_additions(
-    execution: Execution,
-    batches: list[list[SyncMember]],
-    results: list[BatchResult | BaseException],
-    cursor: int,
-    conn: Any,
-) -> None:
-    run = execution.run
-    for members, result in zip(batches, results, strict=True):
-        if isinstance(result, BatchResult):
-            sent = [m for m in members if m.key not in result.failed]
-            await planner.record_added(
-                conn, run.segment_id, run.destination_id, sent, result.remote_member_ids
+            return await planner.read_round(
+                conn,
+                run.id,
+                run.segment_id,
+                run.destination_id,
+                capabilities,
+                after=after,
+                limit=round_size,
+                streamed=streamed,
             )
-            await runs.record_failures(conn, run.id, "add", result.failed)
-            execution.stats["added"] += len(sent)
-            execution.stats["failed_records"] += len(result.failed)
-    execution.checkpoint["add_after"] = cursor
+
+    # Batches in flight, whatever their round: the next round starts sending while the last
+    # batches of the previous one finish, instead of waiting for the slowest.
+    sending = asyncio.Semaphore(capabilities.concurrency)
+    recorder = Recorder(execution, streamed)
+    recording = asyncio.create_task(recorder.run())
+    try:
+        current = await read(int(execution.checkpoint.get("position", 0)))
+        while current and recorder.error is None:
+            execution.check()
+            await recorder.room.acquire()
+            if recorder.error is not None:
+                break
+            batches = _batches(capabilities, current)
+            recorder.add(
+                current, asyncio.create_task(_send_round(connector, remote, batches, sending))
+            )
+            current = await read(current.last)
+    finally:
+        # However the loop ends, the rounds that were sent are recorded first.
+        recorder.close()
+        await recording
 
 
-async def _record_removals(
-    execution: Execution,
-    batches: list[list[SyncMember]],
-    results: list[BatchResult | BaseException],
-    cursor: str,
-    conn: Any,
-) -> None:
-    run = execution.run
-    for members, result in zip(batches, results, strict=True):
-        if isinstance(result, BatchResult):
-            removed = [m.key for m in members if m.key not in result.failed]
-            await planner.record_removed(conn, run.segment_id, run.destination_id, removed)
-            await runs.record_failures(conn, run.id, "remove", result.failed)
-            execution.stats["removed"] += len(removed)
-            execution.stats["failed_records"] += len(result.failed)
-    execution.checkpoint["remove_after"] = cursor
+class Recorder:
+    """Records sent rounds in order, in one transaction for every round already back when
+    the previous transaction ends: when the database is the slower side, its commits grow
+    instead of holding the sending back. At most `ROUNDS_AHEAD` rounds are sent and not yet
+    recorded (what a restart would send again)."""
+
+    ROUNDS_AHEAD = 4
+
+    def __init__(self, execution: Execution, streamed: bool) -> None:
+        self.execution = execution
+        self.streamed = streamed
+        self.room = asyncio.Semaphore(self.ROUNDS_AHEAD)
+        self.error: BaseException | None = None
+        self._rounds: deque[tuple[Round, asyncio.Task[list[SentBatch]]]] = deque()
+        self._arrived = asyncio.Event()
+        self._closed = False
+
+    def add(self, sent: Round, task: "asyncio.Task[list[SentBatch]]") -> None:
+        self._rounds.append((sent, task))
+        self._arrived.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._arrived.set()
+
+    async def run(self) -> None:
+        while self._rounds or not self._closed:
+            if not self._rounds:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            first, task = self._rounds.popleft()
+            group = [(first, await task)]
+            while self._rounds and self._rounds[0][1].done():
+                sent, done = self._rounds.popleft()
+                group.append((sent, done.result()))
+            if self.error is None:
+                try:
+                    await _record_rounds(self.execution, group, self.streamed)
+                except Exception as exc:
+                    self.error = exc
+                else:
+                    self.error = _first_error(group)
+            for _ in group:
+                self.room.release()
+        if self.error is not None:
+            raise self.error
+
+
+def _first_error(group: list[tuple[Round, list[SentBatch]]]) -> BaseException | None:
+    """A batch that failed as a whole ends the run (or, unexpected, has it resumed)."""
+    for _, results in group:
+        for _, result in results:
+            if isinstance(result, BaseException):
+                return result
+    return None
+
+
+def _batches(capabilities: Capabilities, current: Round) -> list[Batch]:
+    adds, removes = current.adds, current.removes
+    size, remove_size = capabilities.batch_size, capabilities.removal_batch_size
+    return [
+        *(Batch("add", adds[i : i + size]) for i in range(0, len(adds), size)),
+        *(
+            Batch("remove", removes[i : i + remove_size])
+            for i in range(0, len(removes), remove_size)
+        ),
+    ]
 
 
 async def _send_round(
-    send: Callable[[RemoteSegment, list[SyncMember]], Awaitable[BatchResult]],
-    remote: RemoteSegment,
-    batches: list[list[SyncMember]],
-) -> list[BatchResult | BaseException]:
-    return await asyncio.gather(*(send(remote, batch) for batch in batches), return_exceptions=True)
+    connector: Connector, remote: RemoteSegment, batches: list[Batch], sending: asyncio.Semaphore
+) -> list[SentBatch]:
+    async def send(batch: Batch) -> BatchResult:
+        members = list(batch.members)
+        async with sending:
+            if batch.operation == "add":
+                return await connector.add_members(remote, members)
+            return await connector.remove_members(remote, members)
+
+    results = await asyncio.gather(*(send(batch) for batch in batches), return_exceptions=True)
+    return list(zip(batches, results, strict=True))
 
 
-def _raise_first_error(results: list[BatchResult | BaseException]) -> None:
-    """After recording what succeeded, surface a batch's failure (it ends or retries the run)."""
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+async def _record_rounds(
+    execution: Execution, group: list[tuple[Round, list[SentBatch]]], streamed: bool
+) -> None:
+    """One transaction: what the destination now holds, the rejected records, the stats,
+    and the position after the last round whose batches all came back."""
+    run = execution.run
+    added: list[SyncMember] = []
+    removed: list[str] = []
+    failures: dict[tuple[str, str], str] = {}
+    remote_member_ids: dict[str, str] = {}
+    through: int | None = None
+    complete = True
+    for sent, results in group:
+        for batch, result in results:
+            if not isinstance(result, BatchResult):
+                complete = False  # sent again after a restart, or the run fails
+                continue
+            remote_member_ids.update(result.remote_member_ids)
+            failed = result.failed
+            for member in batch.members:
+                reason = failed.get(member.key) if failed else None
+                if reason is not None:
+                    failures[(batch.operation, member.key)] = reason
+                elif batch.operation == "add":
+                    added.append(member)
+                else:
+                    removed.append(member.key)
+        if complete:
+            through = sent.last
+
+    async def record(conn: AsyncConnection) -> None:
+        newly_added, newly_removed = await planner.record_round(
+            conn,
+            run.id,
+            run.segment_id,
+            run.destination_id,
+            added=added,
+            remote_member_ids=remote_member_ids,
+            removed=removed,
+            through=through,
+            streamed=streamed,
+        )
+        execution.stats["added"] += newly_added
+        execution.stats["removed"] += newly_removed
+        execution.stats["failed_records"] += await runs.record_failures(conn, run.id, failures)
+        if through is not None:
+            execution.checkpoint["position"] = through
+
+    await execution.save(record)
 
 
 async def _finish(execution: Execution, status: str, error: str | None) -> None:
     run = execution.run
 
-    async def finish(conn: Any) -> None:
+    async def finish(conn: AsyncConnection) -> None:
         if await runs.finish_run(
             conn, run, execution.worker, status=status, stats=execution.stats, error=error
         ):
+            await planner.drop_plan(conn, run.id)
             await add_event(
                 conn,
                 SyncCompletedEvent(
@@ -285,6 +516,14 @@ async def _finish(execution: Execution, status: str, error: str | None) -> None:
 
     async with execution.engine.begin() as conn:
         await finish(conn)
+    if execution.stats["added"] + execution.stats["removed"] >= planner.LARGE_CHANGE:
+        # The record changed a lot: the next plan should not wait for autovacuum's statistics.
+        try:
+            async with execution.engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await planner.vacuum_record(conn)
+        except Exception:
+            log.warning("vacuuming the record failed; autovacuum will", exc_info=True)
     log.info(
         "sync run finished",
         extra={"sync_id": str(run.id), "status": status, "stats": execution.stats, "error": error},

@@ -7,19 +7,26 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segments_shared.bus.consumer import Handler
-from segments_shared.events import Event
+from segments_shared.events import Event, SegmentDeleted
+from sync_worker import planner
 
 
 def build_handlers(wake_runner: Callable[[], None]) -> dict[str, Handler]:
     async def sync_requested(_conn: AsyncConnection, _event: Event) -> None:
         wake_runner()
 
-    async def membership_gone(_conn: AsyncConnection, _event: Event) -> None:
-        # Deletions and erasures reach destinations through the next sync's diff.
+    async def segment_deleted(conn: AsyncConnection, event: Event) -> None:
+        # Destinations keep the segment (SPEC: deleting one does not touch destinations); our
+        # record of what they hold of it goes (the table has no foreign keys, for speed).
+        if isinstance(event, SegmentDeleted):
+            await planner.forget_segment(conn, event.data.segment_id)
+
+    async def customer_erased(_conn: AsyncConnection, _event: Event) -> None:
+        # Erased customers leave their segments; the next sync's diff removes them remotely.
         return None
 
     return {
         "sync.requested": sync_requested,
-        "segment.deleted": membership_gone,
-        "customer.erased": membership_gone,
+        "segment.deleted": segment_deleted,
+        "customer.erased": customer_erased,
     }

@@ -1,243 +1,517 @@
-"""What a sync must send: the difference, computed in SQL, between the segment's members and
-what the destination holds by the worker's record (`destination_members`).
+"""What a run must send, computed in SQL once, when the run starts, into `sync_run_plan`.
 
-Keys are the lower-cased email for ESPs (so an email change removes the old address) and the
-store's customer id for commerce and webhooks. Batches are read by keyset, so each query
-costs one batch, however large the segment.
+A sync compares the segment's eligible members with what the destination holds by the
+worker's record (`destination_members`), keyed by the lower-cased email for ESPs (so an
+email change removes the old address) and by the store's customer id for commerce and
+webhooks. The comparison runs in two steps, so that a small change to a large segment costs
+one ordered pass, not a join on keys:
+
+1. Candidates: the members and the record, merge-joined by customer (both are read in
+   customer order from their indexes), keep the rows whose keys differ: members the record
+   lacks, records whose member left or changed their email.
+2. Of those, an addition is a key nobody holds yet, a removal a held key no eligible member
+   has any more (index probes on the record and on customers), which keeps the plan exact
+   when two customers share an email.
+
+A promotion compares the source destination's record with the target's, by key.
+The run reads the plan in `position` order and deletes each round's rows with its record.
 """
 
 import uuid
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from segments_shared.db.models import DestinationMember
+from segments_shared.db.types import AnyRow
 from sync_worker.connectors.base import Capabilities, SyncMember
+
+# Changes beyond this many rows refresh the planner's statistics at once.
+LARGE_CHANGE = 10_000
 
 
 @dataclass(frozen=True)
 class Plan:
     planned_add: int
     planned_remove: int
-    skipped_unreachable: int
+    # Members the destination does not receive (ESPs: no email, or not subscribed).
+    skipped_unreachable: int = 0
+    # Read from the segment itself (a first sync) rather than from `sync_run_plan`.
+    streamed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """A round of the plan: members to add and to remove, and the position it reaches (the
+    next round reads after it)."""
+
+    adds: list[SyncMember]
+    removes: list[SyncMember]
+    last: int
+
+    def __bool__(self) -> bool:
+        return bool(self.adds or self.removes)
 
 
 def _key(capabilities: Capabilities) -> str:
     return "c.email" if capabilities.member_key == "email" else "c.external_id"
 
 
-def _eligible(capabilities: Capabilities) -> str:
+def _eligible(capabilities: Capabilities, alias: str = "c") -> str:
     """Which members the destination receives (fixed SQL fragments, never user input)."""
     if capabilities.reachable_only:
-        return "c.email IS NOT NULL AND c.email_status = 'subscribed'"
+        return f"{alias}.email IS NOT NULL AND {alias}.email_status = 'subscribed'"
     if capabilities.member_key == "email":
-        return "c.email IS NOT NULL"
+        return f"{alias}.email IS NOT NULL"
     return "TRUE"
 
 
-def _desired(capabilities: Capabilities) -> str:
+def _candidates(capabilities: Capabilities) -> str:
     return f"""
-        SELECT DISTINCT {_key(capabilities)} AS key
-        FROM segment_members m JOIN customers c ON c.id = m.customer_id
-        WHERE m.segment_id = :segment_id AND {_eligible(capabilities)}
+        CREATE TEMP TABLE sync_candidates ON COMMIT DROP AS
+        WITH eligible AS (
+            SELECT m.customer_id, {_key(capabilities)} AS key
+            FROM segment_members m JOIN customers c ON c.id = m.customer_id
+            WHERE m.segment_id = :segment_id AND {_eligible(capabilities)}
+        ),
+        held AS (
+            -- Ordered here, the planner reads it from the index instead of sorting it.
+            SELECT customer_id, member_key AS key FROM destination_members
+            WHERE destination_id = :destination_id AND segment_id = :segment_id
+            ORDER BY customer_id
+        )
+        SELECT e.customer_id AS member_customer_id, e.key AS member_key, h.key AS held_key
+        FROM eligible e FULL JOIN held h ON h.customer_id = e.customer_id
+        WHERE e.key IS DISTINCT FROM h.key
     """
 
 
-async def count_plan(
+def _plan_statement(capabilities: Capabilities, removals: bool) -> str:
+    customer_key = "c2.email" if capabilities.member_key == "email" else "c2.external_id"
+    removal_rows = f"""
+        UNION ALL
+        SELECT CAST(:run_id AS uuid), 'remove', held_key, CAST(NULL AS bigint)
+        FROM sync_candidates s
+        WHERE held_key IS NOT NULL
+          AND NOT EXISTS (
+              SELECT 1 FROM customers c2
+              JOIN segment_members m2
+                ON m2.segment_id = :segment_id AND m2.customer_id = c2.id
+              WHERE {customer_key} = s.held_key AND {_eligible(capabilities, "c2")})
+    """
+    return f"""
+        WITH planned AS (
+            INSERT INTO sync_run_plan (sync_run_id, operation, member_key, customer_id)
+            SELECT CAST(:run_id AS uuid), 'add', member_key, min(member_customer_id)
+            FROM sync_candidates s
+            WHERE member_key IS NOT NULL
+              AND NOT EXISTS (
+                  SELECT 1 FROM destination_members d
+                  WHERE d.destination_id = :destination_id AND d.segment_id = :segment_id
+                    AND d.member_key = s.member_key)
+            GROUP BY member_key
+            {removal_rows if removals else ""}
+            RETURNING operation
+        )
+        SELECT count(*) FILTER (WHERE operation = 'add') AS planned_add,
+               count(*) FILTER (WHERE operation = 'remove') AS planned_remove
+        FROM planned
+    """
+
+
+def _count_keys(capabilities: Capabilities) -> str:
+    """A first sync's additions (distinct keys: customers sharing an email are one contact)
+    and the members it sends nothing for. GROUP BY lets PostgreSQL hash the keys."""
+    return f"""
+        SELECT count(*) AS keys, CAST(coalesce(sum(members), 0) AS bigint) AS eligible,
+               (SELECT count(*) FROM segment_members WHERE segment_id = :segment_id) AS members
+        FROM (
+            SELECT count(*) AS members
+            FROM segment_members m JOIN customers c ON c.id = m.customer_id
+            WHERE m.segment_id = :segment_id AND {_eligible(capabilities)}
+            GROUP BY {_key(capabilities)}
+        ) keyed
+    """
+
+
+# Eligible members, without a second pass over the segment's customers: every record row
+# came out of the merge join once, either matching its member's key or as a candidate, so
+# the members whose key matched are the record's rows minus its candidate rows.
+_SIZES = text(
+    """
+    SELECT (SELECT count(*) FROM segment_members WHERE segment_id = :segment_id) AS members,
+           (SELECT count(*) FROM destination_members
+            WHERE destination_id = :destination_id AND segment_id = :segment_id) AS held
+    """
+)
+_CHANGED = text(
+    """
+    SELECT count(*) FILTER (WHERE held_key IS NOT NULL) AS held_changed,
+           count(*) FILTER (WHERE member_key IS NOT NULL) AS members_changed
+    FROM sync_candidates
+    """
+)
+
+
+_HOLDS_ANY = text(
+    "SELECT EXISTS (SELECT 1 FROM destination_members "
+    "WHERE destination_id = :destination_id AND segment_id = :segment_id)"
+)
+
+
+async def plan_sync(
     conn: AsyncConnection,
+    run_id: uuid.UUID,
     segment_id: uuid.UUID,
     destination_id: uuid.UUID,
     capabilities: Capabilities,
     *,
-    removals: bool = True,
+    removals: bool,
+    sizes: Awaitable[AnyRow] | None = None,
 ) -> Plan:
+    """Write the run's plan, in the caller's transaction. `sizes` (the segment's and the
+    record's row counts, `_SIZES`) may come from another connection, counted meanwhile."""
+    params = {"run_id": run_id, "segment_id": segment_id, "destination_id": destination_id}
+    await conn.execute(text("SET LOCAL work_mem = '64MB'"))
+    await conn.execute(text("SET LOCAL jit = off"))
+    if not (await conn.execute(_HOLDS_ANY, params)).scalar():
+        # Nothing recorded: every eligible member is an addition, read straight from the
+        # segment in rounds (no plan rows to write for what may be millions of members).
+        counts = (await conn.execute(text(_count_keys(capabilities)), params)).one()
+        return Plan(counts.keys, 0, _skipped(capabilities, counts.members - counts.eligible), True)
+    # Merge joins over the indexes beat hashing two large sets that spill to disk.
+    await conn.execute(text("SET LOCAL enable_hashjoin = off"))
+    await conn.execute(text(_candidates(capabilities)), params)
+    await conn.execute(text("RESET enable_hashjoin"))
+    await conn.execute(text("ANALYZE sync_candidates"))
+    changed = (await conn.execute(_CHANGED)).one()
+    row = (await conn.execute(text(_plan_statement(capabilities, removals)), params)).one()
+    counted = (
+        await sizes if sizes is not None else await count_sizes(conn, segment_id, destination_id)
+    )
+    eligible = counted.held - changed.held_changed + changed.members_changed
+    plan = Plan(
+        row.planned_add, row.planned_remove, _skipped(capabilities, counted.members - eligible)
+    )
+    await analyze_if_large(conn, plan)
+    return plan
+
+
+async def count_sizes(
+    conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID
+) -> AnyRow:
+    params = {"segment_id": segment_id, "destination_id": destination_id}
+    return (await conn.execute(_SIZES, params)).one()
+
+
+def _skipped(capabilities: Capabilities, count: int) -> int:
+    return max(0, count) if capabilities.reachable_only else 0
+
+
+async def analyze_if_large(conn: AsyncConnection, plan: Plan) -> None:
+    """A large plan changes the tables faster than autovacuum notices: give the planner
+    the new sizes before the rounds start reading."""
+    if plan.planned_add + plan.planned_remove >= LARGE_CHANGE:
+        await conn.execute(text("ANALYZE sync_run_plan"))
+
+
+async def vacuum_record(conn: AsyncConnection) -> None:
+    """Statistics for the planner, and the visibility map for index-only reads of the record
+    (autocommit connection: VACUUM runs outside transactions)."""
+    await conn.execute(text("VACUUM (ANALYZE) destination_members"))
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """A promotion's source as the plan saw it: its latest run, and whether it ever synced."""
+
+    latest_status: str | None
+    synced: bool
+
+    @property
+    def settled(self) -> bool:
+        return self.synced and self.latest_status in ("succeeded", "partial")
+
+
+async def plan_promotion(
+    conn: AsyncConnection,
+    run_id: uuid.UUID,
+    segment_id: uuid.UUID,
+    source_id: uuid.UUID,
+    target_id: uuid.UUID,
+) -> tuple[Plan, SourceState]:
+    """The target must end with exactly the source's record: add what it lacks, remove the
+    rest. One statement, so one snapshot: the record is copied only if, in that snapshot,
+    the source's latest run succeeded and none is under way (else nothing is written)."""
     statement = text(
-        f"""
-        WITH desired AS MATERIALIZED ({_desired(capabilities)}),
-        held AS MATERIALIZED (
-            SELECT member_key AS key FROM destination_members
-            WHERE destination_id = :destination_id AND segment_id = :segment_id
+        """
+        WITH source AS (
+            SELECT ds.last_success_run_id IS NOT NULL AS synced,
+                   (SELECT r.status FROM sync_runs r
+                    WHERE r.segment_id = :segment_id AND r.destination_id = :source_id
+                    ORDER BY r.seq DESC LIMIT 1) AS latest_status
+            FROM destination_segments ds
+            WHERE ds.segment_id = :segment_id AND ds.destination_id = :source_id
+        ),
+        settled AS (
+            SELECT EXISTS (
+                SELECT 1 FROM source
+                WHERE synced AND latest_status IN ('succeeded', 'partial')) AS ok
+        ),
+        planned AS (
+            INSERT INTO sync_run_plan (sync_run_id, operation, member_key, customer_id)
+            SELECT CAST(:run_id AS uuid),
+                   CASE WHEN s.member_key IS NULL THEN 'remove' ELSE 'add' END,
+                   coalesce(s.member_key, t.member_key), s.customer_id
+            FROM (SELECT member_key, customer_id FROM destination_members
+                  WHERE destination_id = :source_id AND segment_id = :segment_id) s
+            FULL JOIN (SELECT member_key FROM destination_members
+                       WHERE destination_id = :target_id AND segment_id = :segment_id) t
+              ON t.member_key = s.member_key
+            WHERE (s.member_key IS NULL OR t.member_key IS NULL)
+              AND (SELECT ok FROM settled)
+            RETURNING operation
         )
-        SELECT
-            (SELECT count(*) FROM desired d WHERE NOT EXISTS
-                (SELECT 1 FROM held h WHERE h.key = d.key)) AS planned_add,
-            (SELECT count(*) FROM held h WHERE NOT EXISTS
-                (SELECT 1 FROM desired d WHERE d.key = h.key)) AS planned_remove,
-            (SELECT count(*) FROM segment_members m JOIN customers c ON c.id = m.customer_id
-             WHERE m.segment_id = :segment_id AND NOT ({_eligible(capabilities)}))
-                AS skipped
+        SELECT (SELECT latest_status FROM source) AS latest_status,
+               coalesce((SELECT synced FROM source), false) AS synced,
+               (SELECT count(*) FROM planned WHERE operation = 'add') AS planned_add,
+               (SELECT count(*) FROM planned WHERE operation = 'remove') AS planned_remove
         """
     )
     row = (
-        await conn.execute(statement, {"segment_id": segment_id, "destination_id": destination_id})
-    ).one()
-    return Plan(
-        planned_add=row.planned_add,
-        planned_remove=row.planned_remove if removals else 0,
-        skipped_unreachable=row.skipped if capabilities.reachable_only else 0,
-    )
-
-
-async def next_additions(
-    conn: AsyncConnection,
-    segment_id: uuid.UUID,
-    destination_id: uuid.UUID,
-    capabilities: Capabilities,
-    *,
-    after_customer_id: int,
-    limit: int,
-) -> tuple[list[SyncMember], int]:
-    """The next members to add, and the customer id to continue after."""
-    key = _key(capabilities)
-    statement = text(
-        f"""
-        SELECT m.customer_id, {key} AS key, c.external_id, c.email, c.first_name, c.last_name
-        FROM segment_members m JOIN customers c ON c.id = m.customer_id
-        WHERE m.segment_id = :segment_id AND m.customer_id > :after
-          AND {_eligible(capabilities)}
-          AND NOT EXISTS (
-              SELECT 1 FROM destination_members d
-              WHERE d.destination_id = :destination_id AND d.segment_id = :segment_id
-                AND d.member_key = {key})
-        ORDER BY m.customer_id
-        LIMIT :limit
-        """
-    )
-    rows = (
         await conn.execute(
             statement,
             {
+                "run_id": run_id,
                 "segment_id": segment_id,
-                "destination_id": destination_id,
-                "after": after_customer_id,
-                "limit": limit,
+                "source_id": source_id,
+                "target_id": target_id,
             },
         )
-    ).all()
-    members: dict[str, SyncMember] = {}
-    for row in rows:
-        # Two customers sharing an email are one contact at an ESP.
-        members.setdefault(
-            row.key,
-            SyncMember(
-                key=row.key,
-                external_id=row.external_id,
-                email=row.email,
-                first_name=row.first_name,
-                last_name=row.last_name,
-            ),
-        )
-    last = rows[-1].customer_id if rows else after_customer_id
-    return list(members.values()), last
+    ).one()
+    plan = Plan(planned_add=row.planned_add, planned_remove=row.planned_remove)
+    await analyze_if_large(conn, plan)
+    return plan, SourceState(latest_status=row.latest_status, synced=bool(row.synced))
 
 
-async def next_removals(
+async def drop_plan(conn: AsyncConnection, run_id: uuid.UUID) -> None:
+    await conn.execute(
+        text("DELETE FROM sync_run_plan WHERE sync_run_id = :run_id"), {"run_id": run_id}
+    )
+
+
+# Read with asyncpg itself: a round is thousands of rows, and SQLAlchemy's rows cost several
+# times asyncpg's records (PITFALLS). Both statements run outside any transaction.
+_ROUND = """
+    WITH page AS MATERIALIZED (
+        SELECT position, operation, member_key, customer_id FROM sync_run_plan
+        WHERE sync_run_id = $1 AND position > $2
+        ORDER BY position
+        LIMIT $3
+    )
+    SELECT p.position, p.operation, p.member_key, p.customer_id,
+           c.external_id, c.email, c.first_name, c.last_name
+    FROM page p LEFT JOIN customers c ON c.id = p.customer_id
+    ORDER BY p.position
+"""
+_HELD = """
+    SELECT member_key, external_id, email, remote_member_id FROM destination_members
+    WHERE destination_id = $1 AND segment_id = $2 AND member_key = ANY($3::text[])
+"""
+
+
+def _streamed_round(capabilities: Capabilities) -> str:
+    """A first sync's next additions: the segment's eligible members in customer order, the
+    customer id serving as the position."""
+    return f"""
+        SELECT m.customer_id AS position, 'add' AS operation, {_key(capabilities)} AS key,
+               m.customer_id, c.external_id, c.email, c.first_name, c.last_name
+        FROM segment_members m JOIN customers c ON c.id = m.customer_id
+        WHERE m.segment_id = $1 AND m.customer_id > $2 AND {_eligible(capabilities)}
+          -- Said of both sides, so that a merge join starts both scans there.
+          AND c.id > $2
+        ORDER BY m.customer_id
+        LIMIT $3
+    """
+
+
+async def read_round(
     conn: AsyncConnection,
+    run_id: uuid.UUID,
     segment_id: uuid.UUID,
     destination_id: uuid.UUID,
     capabilities: Capabilities,
     *,
-    after_key: str,
+    after: int,
     limit: int,
-) -> list[SyncMember]:
-    key = _key(capabilities)
-    statement = text(
-        f"""
-        SELECT d.member_key, d.external_id, d.email, d.remote_member_id
-        FROM destination_members d
-        WHERE d.destination_id = :destination_id AND d.segment_id = :segment_id
-          AND d.member_key > :after
-          AND NOT EXISTS (
-              SELECT 1 FROM segment_members m JOIN customers c ON c.id = m.customer_id
-              WHERE m.segment_id = :segment_id AND {key} = d.member_key
-                AND {_eligible(capabilities)})
-        ORDER BY d.member_key
-        LIMIT :limit
-        """
-    )
-    rows = await conn.execute(
-        statement,
-        {
-            "segment_id": segment_id,
-            "destination_id": destination_id,
-            "after": after_key,
-            "limit": limit,
-        },
-    )
-    return [
-        SyncMember(
-            key=row.member_key,
-            external_id=row.external_id,
-            email=row.email,
-            remote_member_id=row.remote_member_id,
-        )
-        for row in rows
-    ]
+    streamed: bool = False,
+) -> Round:
+    """The next plan rows, with what a send needs: the customer's details for additions,
+    what the record holds (ids, address) for removals."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None
+    if streamed:
+        rows = await driver.fetch(_streamed_round(capabilities), segment_id, after, limit)
+    else:
+        rows = await driver.fetch(_ROUND, run_id, after, limit)
+    removals = [row["member_key"] for row in rows if row["operation"] == "remove"]
+    held = {}
+    if removals:
+        found = await driver.fetch(_HELD, destination_id, segment_id, removals)
+        held = {row["member_key"]: row for row in found}
+    by_email = capabilities.member_key == "email"
+    adds: list[SyncMember] = []
+    removes: list[SyncMember] = []
+    for _, operation, key, customer_id, external_id, email, first, last in rows:
+        if operation == "add":
+            adds.append(
+                SyncMember(
+                    key,
+                    external_id if by_email else key,
+                    key if by_email else email,
+                    first,
+                    last,
+                    None,
+                    customer_id,
+                )
+            )
+        else:
+            record = held.get(key)
+            removes.append(
+                SyncMember(
+                    key,
+                    (record["external_id"] if record else None) if by_email else key,
+                    key if by_email else (record["email"] if record else None),
+                    remote_member_id=record["remote_member_id"] if record else None,
+                )
+            )
+    if streamed and by_email:
+        # Two customers sharing an email are one contact: send it once per round.
+        unique = {member.key: member for member in reversed(adds)}
+        if len(unique) < len(adds):
+            adds = list(reversed(unique.values()))
+    return Round(adds, removes, rows[-1]["position"] if rows else after)
 
 
-async def record_added(
+_RECORD_ADDED = """
+    WITH written AS (
+        INSERT INTO destination_members AS d (destination_id, segment_id, member_key,
+            customer_id, external_id, email, remote_member_id)
+        SELECT $1, $2, t.key, t.customer_id, t.external_id, t.email, t.remote_member_id
+        FROM unnest($3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[])
+             AS t(key, customer_id, external_id, email, remote_member_id)
+        ON CONFLICT (destination_id, segment_id, member_key) DO UPDATE
+        SET customer_id = EXCLUDED.customer_id, external_id = EXCLUDED.external_id,
+            email = EXCLUDED.email,
+            remote_member_id = coalesce(EXCLUDED.remote_member_id, d.remote_member_id),
+            synced_at = now()
+        RETURNING (xmax = 0) AS fresh
+    )
+    SELECT count(*) FILTER (WHERE fresh) FROM written
+"""
+_RECORD_REMOVED = """
+    WITH gone AS (
+        DELETE FROM destination_members
+        WHERE destination_id = $1 AND segment_id = $2 AND member_key = ANY($3::text[])
+        RETURNING 1
+    )
+    SELECT count(*) FROM gone
+"""
+
+
+async def record_round(
     conn: AsyncConnection,
+    run_id: uuid.UUID,
     segment_id: uuid.UUID,
     destination_id: uuid.UUID,
-    members: list[SyncMember],
+    *,
+    added: Sequence[SyncMember],
     remote_member_ids: dict[str, str],
-) -> None:
-    if not members:
-        return
-    statement = insert(DestinationMember).on_conflict_do_nothing()
-    await conn.execute(
-        statement,
-        [
-            {
-                "destination_id": destination_id,
-                "segment_id": segment_id,
-                "member_key": member.key,
-                "external_id": member.external_id,
-                "email": member.email,
-                "remote_member_id": remote_member_ids.get(member.key),
-            }
-            for member in members
-        ],
-    )
-
-
-async def record_removed(
-    conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID, keys: list[str]
-) -> None:
-    if keys:
-        await conn.execute(
-            text(
-                "DELETE FROM destination_members WHERE destination_id = :destination_id "
-                "AND segment_id = :segment_id AND member_key = ANY(:keys)"
+    removed: Sequence[str],
+    through: int | None,
+    streamed: bool = False,
+) -> tuple[int, int]:
+    """What the destination holds after a round, and the round's plan rows done with
+    (through `through`; None leaves them, to be sent again). Returns the keys newly recorded
+    as added and removed: a round sent again after a restart counts nothing twice."""
+    # Driver-level statements: thousands of array elements bind twice as fast this way.
+    newly_added = newly_removed = 0
+    if added:
+        result = await conn.exec_driver_sql(
+            _RECORD_ADDED,
+            (
+                destination_id,
+                segment_id,
+                [member.key for member in added],
+                [member.customer_id for member in added],
+                [member.external_id for member in added],
+                [member.email for member in added],
+                # None unnests as NULLs, without sending thousands of them.
+                [remote_member_ids.get(m.key) for m in added] if remote_member_ids else None,
             ),
-            {"destination_id": destination_id, "segment_id": segment_id, "keys": keys},
         )
-
-
-async def record_remote_keys(
-    conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID, keys: list[str]
-) -> None:
-    """Keys found in a remote segment that existed before our first sync."""
-    if keys:
-        await conn.execute(
-            insert(DestinationMember).on_conflict_do_nothing(),
-            [
-                {"destination_id": destination_id, "segment_id": segment_id, "member_key": key}
-                for key in keys
-            ],
+        newly_added = result.scalar_one()
+    if removed:
+        result = await conn.exec_driver_sql(
+            _RECORD_REMOVED, (destination_id, segment_id, list(removed))
         )
+        newly_removed = result.scalar_one()
+    if through is not None and not streamed:
+        await conn.exec_driver_sql(
+            "DELETE FROM sync_run_plan WHERE sync_run_id = $1 AND position <= $2",
+            (run_id, through),
+        )
+    return int(newly_added), int(newly_removed)
 
 
-async def forget_remote(
+async def forget_record(
     conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID
 ) -> None:
-    """A newly created remote segment holds nobody, whatever we recorded before."""
+    """A newly created remote segment holds nobody, whatever we recorded before; one found by
+    name is read afresh."""
     await conn.execute(
         text(
             "DELETE FROM destination_members WHERE destination_id = :destination_id "
             "AND segment_id = :segment_id"
         ),
         {"destination_id": destination_id, "segment_id": segment_id},
+    )
+
+
+async def forget_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> None:
+    """A deleted segment: what every destination holds of it by our record goes too."""
+    await conn.execute(
+        text("DELETE FROM destination_members WHERE segment_id = :segment_id"),
+        {"segment_id": segment_id},
+    )
+
+
+async def record_remote_keys(
+    conn: AsyncConnection,
+    segment_id: uuid.UUID,
+    destination_id: uuid.UUID,
+    capabilities: Capabilities,
+    keys: list[str],
+) -> None:
+    """Keys found in a remote segment that existed before our first sync, each tied to the
+    customer it names (so later plans match it by customer)."""
+    if not keys:
+        return
+    match = "c.email = t.key" if capabilities.member_key == "email" else "c.external_id = t.key"
+    await conn.execute(
+        text(
+            f"""
+            INSERT INTO destination_members (destination_id, segment_id, member_key,
+                customer_id, external_id, email)
+            SELECT :destination_id, :segment_id, t.key, c.id, c.external_id, c.email
+            FROM unnest(CAST(:keys AS text[])) AS t(key)
+            LEFT JOIN LATERAL (
+                SELECT c.id, c.external_id, c.email FROM customers c WHERE {match}
+                ORDER BY c.id LIMIT 1
+            ) c ON true
+            ON CONFLICT DO NOTHING
+            """
+        ),
+        {"destination_id": destination_id, "segment_id": segment_id, "keys": keys},
     )

@@ -15,7 +15,8 @@ from segments_shared.observability import correlation_id_var
 from segments_shared.secrets import SecretBox
 from sync_worker import runs
 from sync_worker.connectors.http import RetryPolicy
-from sync_worker.execution import Execution, Interrupted, execute_run
+from sync_worker.execution import DEFER_SECONDS, Deferred, Execution, Interrupted, execute_run
+from sync_worker.limiter import VendorLimiter
 from sync_worker.settings import SyncWorkerSettings
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,16 @@ class SyncRunner:
             base_seconds=settings.sync_retry_base_seconds,
             cap_seconds=settings.sync_retry_cap_seconds,
         )
+        self.limiter = VendorLimiter(engine)
+        self.timeout = httpx.Timeout(settings.sync_request_timeout_seconds, connect=10.0)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._active: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._lost: set[uuid.UUID] = set()
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._active)
 
     def wake(self) -> None:
         self._wake.set()
@@ -54,30 +61,31 @@ class SyncRunner:
         self._wake.set()
 
     async def run(self) -> None:
-        timeout = httpx.Timeout(self.settings.sync_request_timeout_seconds, connect=10.0)
-        async with httpx.AsyncClient(
-            timeout=timeout, limits=httpx.Limits(max_connections=100)
-        ) as client:
-            while not self._stopping.is_set():
-                self._wake.clear()
-                try:
-                    await self._claim_runs(client)
-                except Exception:
-                    log.exception("claiming sync runs failed; retrying")
-                # Poll too: an expired lease is not announced by any event.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 2.0)
-            if self._active:
-                await asyncio.wait(list(self._active.values()), timeout=20)
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                await self._claim_runs()
+            except Exception:
+                log.exception("claiming sync runs failed; retrying")
+            # Poll too: an expired lease is not announced by any event.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 2.0)
+        if self._active:
+            await asyncio.wait(list(self._active.values()), timeout=20)
+        await self.limiter.aclose()
 
-    async def _claim_runs(self, client: httpx.AsyncClient) -> None:
+    async def _claim_runs(self) -> None:
         while len(self._active) < self.settings.sync_concurrency and not self._stopping.is_set():
             run = await runs.claim_next_run(
                 self.engine, self.worker, self.settings.sync_lease_seconds
             )
             if run is None:
                 return
-            task = asyncio.create_task(self._carry_out(run, client), name=f"sync-{run.id}")
+            if run.id in self._active:
+                # Our own run, whose lease ran out before a renewal got through: the claim
+                # renewed it; the run carries on where it is.
+                continue
+            task = asyncio.create_task(self._carry_out(run), name=f"sync-{run.id}")
             self._active[run.id] = task
             task.add_done_callback(partial(self._done, run.id))
 
@@ -86,10 +94,11 @@ class SyncRunner:
         self._lost.discard(run_id)
         self._wake.set()
 
-    async def _carry_out(self, run: AnyRow, client: httpx.AsyncClient) -> None:
+    async def _carry_out(self, run: AnyRow) -> None:
         token = correlation_id_var.set(run.correlation_id)
         RUNS_ACTIVE.inc()
-        renewer = asyncio.create_task(self._renew(run.id))
+        done = asyncio.Event()
+        renewer = asyncio.create_task(self._renew(run.id, done))
         execution = Execution(
             engine=self.engine,
             run=run,
@@ -99,8 +108,12 @@ class SyncRunner:
         )
         log.info("sync run started", extra={"sync_id": str(run.id), "attempt": run.attempts})
         try:
-            await execute_run(execution, self.secret_box, client, self.policy)
+            await execute_run(execution, self.secret_box, self.timeout, self.policy, self.limiter)
             RUNS_ENDED.labels("finished").inc()
+        except Deferred as exc:
+            RUNS_ENDED.labels("deferred").inc()
+            log.info("sync run deferred", extra={"sync_id": str(run.id), "reason": str(exc)})
+            await runs.defer_run(self.engine, run.id, self.worker, DEFER_SECONDS)
         except (Interrupted, runs.LeaseLost):
             RUNS_ENDED.labels("handed_over").inc()
             log.info("sync run handed over", extra={"sync_id": str(run.id)})
@@ -113,14 +126,20 @@ class SyncRunner:
                 extra={"sync_id": str(run.id)},
             )
         finally:
-            renewer.cancel()
+            # Stopped, not cancelled: a renewal cut off mid-transaction would strand its
+            # database connection.
+            done.set()
+            await renewer
             RUNS_ACTIVE.dec()
             correlation_id_var.reset(token)
 
-    async def _renew(self, run_id: uuid.UUID) -> None:
+    async def _renew(self, run_id: uuid.UUID, done: asyncio.Event) -> None:
         interval = self.settings.sync_lease_seconds / 3
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), interval)
+            if done.is_set():
+                return
             try:
                 held = await runs.renew_lease(
                     self.engine, run_id, self.worker, self.settings.sync_lease_seconds

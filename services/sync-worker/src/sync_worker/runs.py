@@ -107,19 +107,33 @@ async def save_progress(
 
 
 async def record_failures(
-    conn: AsyncConnection, run_id: uuid.UUID, operation: str, failures: dict[str, str]
-) -> None:
-    if failures:
-        await conn.execute(
-            text(
-                "INSERT INTO sync_run_failures (sync_run_id, record, operation, reason) "
-                "VALUES (:run_id, :record, :operation, :reason)"
-            ),
-            [
-                {"run_id": run_id, "record": record, "operation": operation, "reason": reason}
-                for record, reason in failures.items()
-            ],
-        )
+    conn: AsyncConnection, run_id: uuid.UUID, failures: dict[tuple[str, str], str]
+) -> int:
+    """Records the destination rejected, keyed by (operation, record); a round sent again
+    after a restart records each once. Returns how many are new."""
+    if not failures:
+        return 0
+    result = await conn.execute(
+        text(
+            """
+            INSERT INTO sync_run_failures (sync_run_id, record, operation, reason)
+            SELECT :run_id, t.record, t.operation, t.reason
+            FROM unnest(CAST(:records AS text[]), CAST(:operations AS text[]),
+                        CAST(:reasons AS text[])) AS t(record, operation, reason)
+            WHERE NOT EXISTS (
+                SELECT 1 FROM sync_run_failures f
+                WHERE f.sync_run_id = :run_id AND f.record = t.record
+                  AND f.operation = t.operation)
+            """
+        ),
+        {
+            "run_id": run_id,
+            "records": [record for _, record in failures],
+            "operations": [operation for operation, _ in failures],
+            "reasons": [reason[:2000] for reason in failures.values()],
+        },
+    )
+    return int(result.rowcount or 0)
 
 
 async def finish_run(
@@ -175,7 +189,7 @@ async def load_target(conn: AsyncConnection, run: AnyRow) -> AnyRow | None:
     """The run's segment and destination, and what we remember of the remote segment."""
     statement = text(
         """
-        SELECT s.name AS segment_name, d.type, d.config, d.secrets,
+        SELECT s.name AS segment_name, d.type, d.config, d.secrets, d.account_key,
                ds.remote_id, ds.remote_name
         FROM segments s
         JOIN destinations d ON d.id = :destination_id
@@ -186,6 +200,36 @@ async def load_target(conn: AsyncConnection, run: AnyRow) -> AnyRow | None:
     )
     params = {"segment_id": run.segment_id, "destination_id": run.destination_id}
     return (await conn.execute(statement, params)).first()
+
+
+async def promotion_source(conn: AsyncConnection, run: AnyRow) -> AnyRow | None:
+    """What the promotion copies from: the source's remote segment, its last successful
+    run, and the status of its latest run of this segment."""
+    statement = text(
+        """
+        SELECT ds.remote_id, ds.remote_name, ds.last_success_run_id,
+               (SELECT r.status FROM sync_runs r
+                WHERE r.segment_id = ds.segment_id AND r.destination_id = ds.destination_id
+                ORDER BY r.seq DESC LIMIT 1) AS latest_status
+        FROM destination_segments ds
+        WHERE ds.segment_id = :segment_id AND ds.destination_id = :source_id
+        """
+    )
+    params = {"segment_id": run.segment_id, "source_id": run.source_destination_id}
+    return (await conn.execute(statement, params)).first()
+
+
+async def defer_run(engine: AsyncEngine, run_id: uuid.UUID, worker: str, seconds: float) -> None:
+    """Hand the run back to be claimed again in `seconds`, without counting the attempt."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE sync_runs SET lease_owner = NULL, attempts = greatest(attempts - 1, 0), "
+                "lease_expires_at = now() + make_interval(secs => :seconds) "
+                "WHERE id = :id AND lease_owner = :worker AND status = 'running'"
+            ),
+            {"id": run_id, "worker": worker, "seconds": seconds},
+        )
 
 
 async def remember_remote(

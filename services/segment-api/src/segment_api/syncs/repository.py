@@ -1,11 +1,11 @@
 import uuid
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import and_, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from segments_shared.db.models import DestinationSegment, SyncRun, SyncRunFailure
+from segments_shared.db.models import DestinationMember, DestinationSegment, SyncRun, SyncRunFailure
 from segments_shared.db.types import AnyRow
 
 FAILED_RECORDS_SHOWN = 20
@@ -53,11 +53,75 @@ async def get_run(conn: AsyncConnection, run_id: uuid.UUID) -> AnyRow | None:
     return (await conn.execute(select(SyncRun.__table__).where(SyncRun.id == run_id))).first()
 
 
-async def failures(conn: AsyncConnection, run_id: uuid.UUID) -> list[AnyRow]:
+async def list_runs(
+    conn: AsyncConnection,
+    segment_id: uuid.UUID,
+    *,
+    destination_id: uuid.UUID | None,
+    before_seq: int | None,
+    limit: int,
+) -> list[AnyRow]:
+    """Newest first."""
+    statement = select(SyncRun.__table__).where(SyncRun.segment_id == segment_id)
+    if destination_id is not None:
+        statement = statement.where(SyncRun.destination_id == destination_id)
+    if before_seq is not None:
+        statement = statement.where(SyncRun.seq < before_seq)
+    statement = statement.order_by(SyncRun.seq.desc()).limit(limit + 1)
+    return list((await conn.execute(statement)).all())
+
+
+async def latest_run(
+    conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID
+) -> AnyRow | None:
+    rows = await list_runs(
+        conn, segment_id, destination_id=destination_id, before_seq=None, limit=1
+    )
+    return rows[0] if rows else None
+
+
+async def failures(conn: AsyncConnection, run_ids: list[uuid.UUID]) -> list[AnyRow]:
+    """The first failures of each run, in one query."""
+    if not run_ids:
+        return []
+    numbered = (
+        select(
+            SyncRunFailure.sync_run_id,
+            SyncRunFailure.record,
+            SyncRunFailure.operation,
+            SyncRunFailure.reason,
+            func.row_number()
+            .over(partition_by=SyncRunFailure.sync_run_id, order_by=SyncRunFailure.id)
+            .label("n"),
+        )
+        .where(SyncRunFailure.sync_run_id.in_(run_ids))
+        .subquery()
+    )
     statement = (
-        select(SyncRunFailure.record, SyncRunFailure.operation, SyncRunFailure.reason)
-        .where(SyncRunFailure.sync_run_id == run_id)
-        .order_by(SyncRunFailure.id)
-        .limit(FAILED_RECORDS_SHOWN)
+        select(numbered.c.sync_run_id, numbered.c.record, numbered.c.operation, numbered.c.reason)
+        .where(numbered.c.n <= FAILED_RECORDS_SHOWN)
+        .order_by(numbered.c.sync_run_id, numbered.c.n)
     )
     return list((await conn.execute(statement)).all())
+
+
+async def destination_segment(
+    conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID
+) -> AnyRow | None:
+    statement = select(DestinationSegment.__table__).where(
+        and_(
+            DestinationSegment.segment_id == segment_id,
+            DestinationSegment.destination_id == destination_id,
+        )
+    )
+    return (await conn.execute(statement)).first()
+
+
+async def member_count(
+    conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID
+) -> int:
+    statement = select(func.count()).where(
+        DestinationMember.destination_id == destination_id,
+        DestinationMember.segment_id == segment_id,
+    )
+    return int((await conn.execute(statement)).scalar_one())

@@ -1,14 +1,17 @@
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Query, status
 
-from segment_api.deps import Db, ReadKey, SyncKey
+from segment_api.deps import Db, ReadDb, ReadKey, SyncKey
+from segment_api.pagination import Cursor, Limit, Page
 from segment_api.problems import problem_responses
 from segment_api.syncs import service
-from segment_api.syncs.schemas import SyncCreate, SyncRun
+from segment_api.syncs.schemas import DestinationState, PromotionCreate, SyncCreate, SyncRun
 
 router = APIRouter(tags=["syncs"])
+
+SegmentId = Annotated[uuid.UUID, Path(description="The segment's id")]
 
 
 @router.post(
@@ -17,13 +20,67 @@ router = APIRouter(tags=["syncs"])
     response_model=SyncRun,
     summary="Sync a segment to a destination",
     description="Answers the run already queued or running for this segment and destination "
-    "instead of starting a second one.",
+    "instead of starting a second one. A staging commerce store is filled by promotion "
+    "instead (409).",
     responses=problem_responses(400, 401, 403, 404, 409, 413, 422),
 )
-async def request_sync(
-    segment_id: Annotated[uuid.UUID, Path()], body: SyncCreate, db: Db, _: SyncKey
-) -> SyncRun:
+async def request_sync(segment_id: SegmentId, body: SyncCreate, db: Db, _: SyncKey) -> SyncRun:
     return await service.request_sync(db, segment_id, body.destination_id)
+
+
+@router.post(
+    "/v1/segments/{segment_id}/promotions",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SyncRun,
+    summary="Copy a segment from a production store to a staging store",
+    description="Starts a run of kind `promotion` (poll it at `/v1/syncs/{id}`): the staging "
+    "store ends with exactly the members the production store holds by the worker's record "
+    "after its last successful sync, not the segment's current members. Both destinations "
+    "must be commerce stores (422), production and staging (409), and production must have "
+    "synced the segment successfully (409).",
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 422),
+)
+async def request_promotion(
+    segment_id: SegmentId, body: PromotionCreate, db: Db, _: SyncKey
+) -> SyncRun:
+    return await service.request_promotion(db, segment_id, body)
+
+
+@router.get(
+    "/v1/segments/{segment_id}/syncs",
+    response_model=Page[SyncRun],
+    summary="List the segment's sync runs and promotions, newest first",
+    responses=problem_responses(401, 403, 404, 422),
+)
+async def list_syncs(
+    segment_id: SegmentId,
+    db: ReadDb,
+    _: ReadKey,
+    destination_id: Annotated[
+        uuid.UUID | None, Query(description="Only runs to this destination")
+    ] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> Page[SyncRun]:
+    items, next_cursor = await service.list_runs(
+        db, segment_id, destination_id=destination_id, cursor=cursor, limit=limit
+    )
+    return Page[SyncRun](items=items, next_cursor=next_cursor)
+
+
+@router.get(
+    "/v1/segments/{segment_id}/destinations/{destination_id}",
+    response_model=DestinationState,
+    summary="What a destination holds of the segment, by the worker's record",
+    responses=problem_responses(401, 403, 404, 422),
+)
+async def destination_state(
+    segment_id: SegmentId,
+    destination_id: Annotated[uuid.UUID, Path(description="The destination's id")],
+    db: ReadDb,
+    _: ReadKey,
+) -> DestinationState:
+    return await service.destination_state(db, segment_id, destination_id)
 
 
 @router.get(
@@ -32,5 +89,5 @@ async def request_sync(
     summary="Read a sync run",
     responses=problem_responses(401, 403, 404, 422),
 )
-async def get_sync(sync_id: Annotated[uuid.UUID, Path()], db: Db, _: ReadKey) -> SyncRun:
+async def get_sync(sync_id: Annotated[uuid.UUID, Path()], db: ReadDb, _: ReadKey) -> SyncRun:
     return await service.get_run(db, sync_id)

@@ -4,13 +4,25 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from segment_api.fields import RequestModel
+from segment_api.fields import RequestModel, with_examples
 
 SyncStatus = Literal["queued", "running", "succeeded", "partial", "failed"]
 
 
 class SyncCreate(RequestModel):
     destination_id: uuid.UUID
+
+
+class PromotionCreate(RequestModel):
+    from_destination_id: uuid.UUID = Field(description="A commerce destination in `production`")
+    to_destination_id: uuid.UUID = Field(description="A commerce destination in `staging`")
+
+    model_config = with_examples(
+        {
+            "from_destination_id": "6f1c2a1e-0d7b-4a43-9a57-2b8f2c1d0e11",
+            "to_destination_id": "0b9d6c55-51c3-4a8e-8f0a-7e2d4c3b2a19",
+        }
+    )
 
 
 class SyncStats(BaseModel):
@@ -33,7 +45,9 @@ class SyncRun(BaseModel):
     kind: Literal["sync", "promotion"]
     segment_id: uuid.UUID
     destination_id: uuid.UUID
-    from_destination_id: uuid.UUID | None
+    from_destination_id: uuid.UUID | None = Field(
+        description="A promotion's source (the production destination)"
+    )
     status: SyncStatus
     requested_at: datetime
     started_at: datetime | None
@@ -43,3 +57,12 @@ class SyncRun(BaseModel):
     failed_records: list[FailedRecord] = Field(
         description="The first records the destination rejected, with its reasons"
     )
+
+
+class DestinationState(BaseModel):
+    """What a destination holds of a segment by the worker's record."""
+
+    remote_id: str | None = Field(description="The remote segment's id at the vendor")
+    remote_name: str | None
+    member_count: int = Field(description="Members the destination holds, by the record")
+    last_run: SyncRun | None = Field(description="The latest run for this destination")

@@ -1,24 +1,31 @@
+"""Sync runs and promotions: queued in the database with their `sync.requested` event (one
+transaction); the sync-worker claims and carries them out."""
+
 import uuid
+from collections import defaultdict
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segment_api.destinations import repository as destinations
 from segment_api.events import SOURCE
-from segment_api.problems import ProblemException, field_error, not_found
+from segment_api.pagination import decode_cursor, encode_cursor
+from segment_api.problems import ProblemException, not_found, parameter_error
 from segment_api.segments import repository as segments
 from segment_api.syncs import repository
-from segment_api.syncs.schemas import FailedRecord, SyncRun, SyncStats
+from segment_api.syncs.schemas import (
+    DestinationState,
+    FailedRecord,
+    PromotionCreate,
+    SyncRun,
+    SyncStats,
+)
 from segments_shared.bus.outbox import add_event
+from segments_shared.db.types import AnyRow
 from segments_shared.events import SyncRequested, SyncRequestedEvent
 from segments_shared.observability import current_correlation_id
 
 
-async def get_run(conn: AsyncConnection, run_id: uuid.UUID) -> SyncRun:
-    row = await repository.get_run(conn, run_id)
-    if row is None:
-        raise not_found("sync run", run_id)
-    run = row
-    failures = await repository.failures(conn, run_id)
+def _to_run(run: AnyRow, failures: list[AnyRow]) -> SyncRun:
     return SyncRun(
         id=run.id,
         kind=run.kind,
@@ -35,23 +42,68 @@ async def get_run(conn: AsyncConnection, run_id: uuid.UUID) -> SyncRun:
     )
 
 
-async def request_sync(
-    conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID
-) -> SyncRun:
-    """Queue a run, or answer the one already queued or running for this pair."""
+async def _with_failures(conn: AsyncConnection, rows: list[AnyRow]) -> list[SyncRun]:
+    by_run: dict[uuid.UUID, list[AnyRow]] = defaultdict(list)
+    for failure in await repository.failures(conn, [row.id for row in rows]):
+        by_run[failure.sync_run_id].append(failure)
+    return [_to_run(row, by_run[row.id]) for row in rows]
+
+
+async def get_run(conn: AsyncConnection, run_id: uuid.UUID) -> SyncRun:
+    row = await repository.get_run(conn, run_id)
+    if row is None:
+        raise not_found("sync run", run_id)
+    return (await _with_failures(conn, [row]))[0]
+
+
+async def list_runs(
+    conn: AsyncConnection,
+    segment_id: uuid.UUID,
+    *,
+    destination_id: uuid.UUID | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[SyncRun], str | None]:
+    before = None
+    if cursor:
+        (before,) = decode_cursor(cursor, 1)
+        if not isinstance(before, int):
+            raise parameter_error("cursor", "the cursor is not one this API issued")
+    if not await segments.exists(conn, segment_id):
+        raise not_found("segment", segment_id)
+    rows = await repository.list_runs(
+        conn, segment_id, destination_id=destination_id, before_seq=before, limit=limit
+    )
+    items = await _with_failures(conn, rows[:limit])
+    next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
+    return items, next_cursor
+
+
+async def _active_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> AnyRow:
     segment = await segments.lock(conn, segment_id)
     if segment is None:
         raise not_found("segment", segment_id)
     if not segment.active:
         raise ProblemException(409, "the segment is inactive: activate it before syncing it")
-    if await destinations.get(conn, destination_id) is None:
-        raise field_error("/destination_id", f"destination {destination_id} does not exist")
+    return segment
+
+
+async def _queue(
+    conn: AsyncConnection,
+    segment_id: uuid.UUID,
+    destination_id: uuid.UUID,
+    *,
+    kind: str,
+    source_id: uuid.UUID | None = None,
+) -> SyncRun:
+    """Queue a run, or answer the one already queued or running for this pair."""
     run_id = await repository.insert_run(
         conn,
         {
-            "kind": "sync",
+            "kind": kind,
             "segment_id": segment_id,
             "destination_id": destination_id,
+            "source_destination_id": source_id,
             "correlation_id": current_correlation_id(),
         },
     )
@@ -66,8 +118,96 @@ async def request_sync(
             source=SOURCE,
             subject=str(segment_id),
             data=SyncRequested(
-                sync_id=run_id, segment_id=segment_id, destination_id=destination_id
+                sync_id=run_id, segment_id=segment_id, destination_id=destination_id, kind=kind
             ),
         ),
     )
     return await get_run(conn, run_id)
+
+
+async def request_sync(
+    conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID
+) -> SyncRun:
+    await _active_segment(conn, segment_id)
+    destination = await destinations.get(conn, destination_id)
+    if destination is None:
+        raise ProblemException(
+            422,
+            f"destination {destination_id} does not exist",
+            errors=[{"pointer": "/destination_id", "detail": "no such destination"}],
+        )
+    if destination.type == "commerce" and destination.config.get("environment") == "staging":
+        raise ProblemException(
+            409,
+            "a staging store receives segments from production, by promotion: "
+            f"POST /v1/segments/{segment_id}/promotions",
+        )
+    return await _queue(conn, segment_id, destination_id, kind="sync")
+
+
+async def request_promotion(
+    conn: AsyncConnection, segment_id: uuid.UUID, body: PromotionCreate
+) -> SyncRun:
+    """Staging gets exactly what production holds by the worker's record after its last
+    successful sync of the segment."""
+    await _active_segment(conn, segment_id)
+    ends = {
+        "from_destination_id": (body.from_destination_id, "production"),
+        "to_destination_id": (body.to_destination_id, "staging"),
+    }
+    errors: list[dict[str, str]] = []
+    conflicts: list[str] = []
+    for field, (destination_id, environment) in ends.items():
+        destination = await destinations.get(conn, destination_id)
+        if destination is None:
+            errors.append({"pointer": f"/{field}", "detail": "no such destination"})
+        elif destination.type != "commerce":
+            errors.append(
+                {
+                    "pointer": f"/{field}",
+                    "detail": f"must be a commerce destination, not {destination.type}",
+                }
+            )
+        elif destination.config.get("environment") != environment:
+            conflicts.append(
+                f"{field} must be a {environment} store; destination {destination_id} is "
+                f"{destination.config.get('environment')}"
+            )
+    if body.from_destination_id == body.to_destination_id:
+        errors.append({"pointer": "/to_destination_id", "detail": "must differ from the source"})
+    if errors:
+        detail = "; ".join(f"{e['pointer']}: {e['detail']}" for e in errors)
+        raise ProblemException(422, detail, errors=errors)
+    if conflicts:
+        raise ProblemException(409, "; ".join(conflicts))
+    source = await repository.destination_segment(conn, segment_id, body.from_destination_id)
+    if source is None or source.last_success_run_id is None:
+        raise ProblemException(
+            409,
+            "the production destination has no successful sync of this segment yet: "
+            "sync it there first",
+        )
+    return await _queue(
+        conn,
+        segment_id,
+        body.to_destination_id,
+        kind="promotion",
+        source_id=body.from_destination_id,
+    )
+
+
+async def destination_state(
+    conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID
+) -> DestinationState:
+    if not await segments.exists(conn, segment_id):
+        raise not_found("segment", segment_id)
+    if await destinations.get(conn, destination_id) is None:
+        raise not_found("destination", destination_id)
+    remote = await repository.destination_segment(conn, segment_id, destination_id)
+    latest = await repository.latest_run(conn, segment_id, destination_id)
+    return DestinationState(
+        remote_id=remote.remote_id if remote else None,
+        remote_name=remote.remote_name if remote else None,
+        member_count=await repository.member_count(conn, segment_id, destination_id),
+        last_run=(await _with_failures(conn, [latest]))[0] if latest else None,
+    )

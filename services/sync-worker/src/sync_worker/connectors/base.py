@@ -12,22 +12,32 @@ from typing import Any, Literal, Protocol
 
 @dataclass(frozen=True)
 class RateWindow:
+    """At most `requests` requests in any `seconds` seconds, per vendor account."""
+
     requests: int
     seconds: float
 
 
 @dataclass(frozen=True)
 class Capabilities:
+    # Members per add request (the vendor's array limit).
     batch_size: int
+    # Requests in flight at once per vendor account, across runs and worker replicas.
     concurrency: int
     rate_windows: tuple[RateWindow, ...] = ()
+    # Members per remove request, when the vendor's limit differs from `batch_size`.
+    remove_batch_size: int | None = None
     # ESPs know people by email; commerce and webhooks by the store's customer id.
     member_key: Literal["email", "external_id"] = "email"
     # ESPs receive only reachable members: an email and `subscribed`.
     reachable_only: bool = True
 
+    @property
+    def removal_batch_size(self) -> int:
+        return self.remove_batch_size or self.batch_size
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class SyncMember:
     key: str
     external_id: str | None
@@ -35,13 +45,21 @@ class SyncMember:
     first_name: str | None = None
     last_name: str | None = None
     remote_member_id: str | None = None
+    # Our customer behind an addition (recorded with it), when known.
+    customer_id: int | None = None
+
+
+FoundBy = Literal["remembered", "name", "created"]
 
 
 @dataclass(frozen=True)
 class RemoteSegment:
+    """`found_by` says what the worker's record is worth: `remembered` (the record describes
+    it), `name` (it existed before: read it and reconcile), `created` (it holds nobody)."""
+
     id: str
     name: str
-    created: bool = False
+    found_by: FoundBy = "remembered"
 
 
 @dataclass
@@ -57,7 +75,7 @@ class RunContext:
     sync_id: str
     segment_id: str
     segment_name: str
-    # Connector state that must survive a restart (checkpointed with every batch).
+    # Connector state that must survive a restart (checkpointed with every round).
     checkpoint: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,6 +89,14 @@ class AuthenticationFailed(ConnectorError):
 
 class Connector(Protocol):
     capabilities: Capabilities
+    # Commerce `naming: timestamped`: every run creates a new remote segment.
+    creates_new_segments: bool
+    # Commerce `export_mode: append` only adds.
+    removes_members: bool
+
+    def remote_name(self, segment_name: str) -> str:
+        """The name the remote segment carries."""
+        ...
 
     async def find_or_create_segment(self, name: str, remembered_id: str | None) -> RemoteSegment:
         """The remote segment: the remembered id wins over the name (renaming it if the
@@ -91,3 +117,7 @@ class Connector(Protocol):
     ) -> BatchResult: ...
 
     async def aclose(self) -> None: ...
+
+
+def failed_all(members: list[SyncMember], reason: str) -> BatchResult:
+    return BatchResult(failed={member.key: reason for member in members})

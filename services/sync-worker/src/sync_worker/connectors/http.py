@@ -2,21 +2,25 @@
 
 429, 5xx and timeouts are retried with full-jitter exponential backoff,
 `sleep = random(0, min(cap, base * 2 ** attempt))`, preferring the vendor's own wait
-(`Retry-After` in seconds or as an HTTP date, or a reset time). 401 and 403 end the run.
+(`Retry-After` in seconds or as an HTTP date, or a reset time), which a 429 also shares with
+every replica through the limiter. 401 and 403 end the run.
 """
 
 import asyncio
 import email.utils
+import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from prometheus_client import Counter
 
-from sync_worker.connectors.base import AuthenticationFailed, ConnectorError
+from sync_worker.connectors.base import AuthenticationFailed, Capabilities, ConnectorError
+from sync_worker.limiter import VendorLimiter
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +69,97 @@ def is_retryable(response: httpx.Response) -> bool:
     return response.status_code == 429 or response.status_code >= 500
 
 
+class VendorHttp:
+    """One destination's way to its vendor for one run: the API root, credentials and
+    headers, and every request sent through the shared limiter (slots and rate windows of
+    the vendor account) with the retry policy."""
+
+    def __init__(
+        self,
+        vendor: str,
+        timeout: httpx.Timeout,
+        policy: RetryPolicy,
+        limiter: VendorLimiter,
+        account: str,
+        capabilities: Capabilities,
+        *,
+        base_url: str,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
+        self.vendor = vendor
+        # A client of its own, its pool no larger than the vendor's concurrency: httpcore
+        # walks the whole pool for every request.
+        self.client = httpx.AsyncClient(
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=capabilities.concurrency,
+                max_keepalive_connections=capabilities.concurrency,
+            ),
+        )
+        self.policy = policy
+        self.limiter = limiter
+        self.account = account
+        self.capabilities = capabilities
+        self.base_url = base_url.rstrip("/")
+        self.headers = headers or {}
+        self.auth = httpx.BasicAuth(*auth) if auth else None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else self.base_url + path
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        describe: str,
+        json_body: Any = None,
+        json_text: bytes | None = None,
+        params: dict[str, str | int] | None = None,
+        content: bytes | None = None,
+        sign: Callable[[bytes], dict[str, str]] | None = None,
+    ) -> httpx.Response:
+        """Send with retries; returns the final non-retryable response (2xx or 4xx).
+        The body is `json_body` (encoded here), `json_text` (JSON already encoded) or raw
+        `content`; `sign` adds headers computed afresh for every attempt (webhook signatures)."""
+        body = content
+        base_headers = self.headers
+        if json_body is not None:
+            json_text = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode()
+        if json_text is not None:
+            body = json_text
+            base_headers = {"Content-Type": "application/json", **self.headers}
+        url = self.url(path)
+
+        async def attempt() -> httpx.Response:
+            headers = dict(base_headers)
+            if sign is not None:
+                headers.update(sign(body or b""))
+            async with self.limiter.request(self.account, self.capabilities):
+                return await self.client.request(
+                    method, url, content=body, params=params, headers=headers, auth=self.auth
+                )
+
+        return await send(self.vendor, attempt, self.policy, describe=describe, pause=self._pause)
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await self.limiter.pause(self.account, seconds)
+        except Exception:
+            log.warning("could not share the vendor's wait with other workers", exc_info=True)
+
+
 async def send(
     vendor: str,
     request: Callable[[], Awaitable[httpx.Response]],
     policy: RetryPolicy,
     *,
     describe: str,
+    pause: Callable[[float], Awaitable[None]] | None = None,
 ) -> httpx.Response:
     """Send with retries; returns the final non-retryable response (2xx or 4xx)."""
     last_error = ""
@@ -92,7 +181,11 @@ async def send(
             reason = str(response.status_code)
             last_error = f"{describe}: HTTP {response.status_code} {response.text[:200]}"
             vendor_delay = vendor_wait(response)
+            if vendor_delay is not None and pause is not None and response.status_code == 429:
+                await pause(vendor_delay)
             wait = vendor_delay if vendor_delay is not None else policy.backoff(attempt)
+        if attempt + 1 == policy.attempts:
+            break
         RETRIES.labels(vendor=vendor, reason=reason).inc()
         log.info(
             "vendor request retried",

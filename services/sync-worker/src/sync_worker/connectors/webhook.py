@@ -9,8 +9,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from segments_shared.destinations import WebhookConfig
 from sync_worker.connectors.base import (
     BatchResult,
@@ -19,7 +17,7 @@ from sync_worker.connectors.base import (
     RunContext,
     SyncMember,
 )
-from sync_worker.connectors.http import RetryPolicy, send
+from sync_worker.connectors.http import VendorHttp
 
 CAPABILITIES = Capabilities(
     batch_size=1000, concurrency=4, member_key="external_id", reachable_only=False
@@ -43,27 +41,27 @@ def _member(member: SyncMember) -> dict[str, Any]:
 
 class WebhookConnector:
     capabilities = CAPABILITIES
+    creates_new_segments = False
+    removes_members = True
 
     def __init__(
-        self,
-        config: WebhookConfig,
-        secret: str,
-        context: RunContext,
-        client: httpx.AsyncClient,
-        policy: RetryPolicy,
+        self, config: WebhookConfig, secret: str, context: RunContext, http: VendorHttp
     ) -> None:
         self.url = str(config.url)
         self.secret = secret
         self.context = context
-        self.client = client
-        self.policy = policy
+        self.http = http
+
+    def remote_name(self, segment_name: str) -> str:
+        return segment_name
 
     async def find_or_create_segment(self, name: str, remembered_id: str | None) -> RemoteSegment:
-        # The receiver's segment is ours: its id is the segment id, named with every batch.
+        # The receiver's segment is ours: its id is the segment id, named in every batch, and
+        # the worker's record is the only account of what it holds.
         return RemoteSegment(id=self.context.segment_id, name=name)
 
     async def read_members(self, remote: RemoteSegment) -> AsyncIterator[list[str]]:
-        # A webhook cannot be read back; the worker's record is the only truth.
+        # A webhook cannot be read back.
         return
         yield []
 
@@ -76,7 +74,10 @@ class WebhookConnector:
     async def _post(
         self, remote: RemoteSegment, *, added: list[SyncMember], removed: list[SyncMember]
     ) -> BatchResult:
+        # Numbered before the first await, so batches sent at once get distinct numbers; a
+        # round sent again after a restart reuses its numbers (the checkpoint holds the count).
         batch = int(self.context.checkpoint.get("webhook_batch", 0)) + 1
+        self.context.checkpoint["webhook_batch"] = batch
         body = json.dumps(
             {
                 "sync_id": self.context.sync_id,
@@ -89,19 +90,19 @@ class WebhookConnector:
             separators=(",", ":"),
         ).encode()
 
-        async def post() -> httpx.Response:
-            headers = {
+        def signature(raw: bytes) -> dict[str, str]:
+            return {
                 "Content-Type": "application/json",
-                SIGNATURE_HEADER: sign(self.secret, body, int(time.time())),
+                SIGNATURE_HEADER: sign(self.secret, raw, int(time.time())),
             }
-            return await self.client.post(self.url, content=body, headers=headers)
 
-        response = await send("webhook", post, self.policy, describe=f"batch {batch}")
-        self.context.checkpoint["webhook_batch"] = batch
+        response = await self.http.request(
+            "POST", self.url, content=body, sign=signature, describe=f"batch {batch}"
+        )
         if response.is_success:
             return BatchResult()
         reason = f"the webhook answered {response.status_code}: {response.text[:200]}"
         return BatchResult(failed={member.key: reason for member in added + removed})
 
     async def aclose(self) -> None:
-        return None
+        await self.http.aclose()

@@ -1,0 +1,246 @@
+"""Klaviyo (DESTINATIONS.md, official OpenAPI documents): a segment is a list. Additions are
+bulk profile import jobs that also put the profiles on the list (polled to their end; their
+import errors name the rejected profiles); removals look the profiles' ids up by email and
+delete the list relationships, 1,000 at most per call. Imports carry no subscription, so a
+profile's consent stays as Klaviyo has it. Every call counts against the account's burst
+(10/s) and steady (150/min) windows."""
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from segments_shared.destinations import KlaviyoConfig
+from sync_worker.connectors.base import (
+    BatchResult,
+    Capabilities,
+    ConnectorError,
+    RateWindow,
+    RemoteSegment,
+    SyncMember,
+    failed_all,
+)
+from sync_worker.connectors.http import VendorHttp
+from sync_worker.connectors.polling import poll_until
+
+CAPABILITIES = Capabilities(
+    batch_size=10_000,
+    remove_batch_size=1000,
+    concurrency=3,
+    rate_windows=(RateWindow(10, 1.0), RateWindow(150, 60.0)),
+)
+JSON_API = "application/vnd.api+json"
+LOOKUP_PAGE = 100
+FINISHED = ("complete", "cancelled", "failed")
+PROFILE_POINTER = re.compile(r"/data/attributes/profiles/data/(\d+)")
+
+
+def error_text(response: httpx.Response) -> str:
+    try:
+        errors = response.json().get("errors") or []
+        details = "; ".join(str(e.get("detail") or e.get("title")) for e in errors if e)
+    except (ValueError, AttributeError):
+        details = ""
+    return f"HTTP {response.status_code}: {details or response.text[:200]}"
+
+
+def quoted(value: str) -> str:
+    """A string literal of Klaviyo's filter syntax."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def profile(member: SyncMember) -> dict[str, Any]:
+    attributes: dict[str, Any] = {"email": member.key}
+    if member.first_name:
+        attributes["first_name"] = member.first_name
+    if member.last_name:
+        attributes["last_name"] = member.last_name
+    return {"type": "profile", "attributes": attributes}
+
+
+class KlaviyoConnector:
+    capabilities = CAPABILITIES
+    creates_new_segments = False
+    removes_members = True
+
+    def __init__(self, config: KlaviyoConfig, http: VendorHttp) -> None:
+        self.http = http
+
+    def remote_name(self, segment_name: str) -> str:
+        return segment_name
+
+    async def find_or_create_segment(self, name: str, remembered_id: str | None) -> RemoteSegment:
+        if remembered_id is not None:
+            path = f"/lists/{quote(remembered_id, safe='')}"
+            response = await self.http.request("GET", path, describe="read the remembered list")
+            if response.status_code == 200:
+                if response.json()["data"]["attributes"].get("name") != name:
+                    renamed = await self.http.request(
+                        "PATCH",
+                        path,
+                        json_body={
+                            "data": {
+                                "type": "list",
+                                "id": remembered_id,
+                                "attributes": {"name": name},
+                            }
+                        },
+                        describe="rename the list",
+                    )
+                    self._require(renamed, f"renaming list {remembered_id} to {name!r}")
+                return RemoteSegment(remembered_id, name, "remembered")
+            if response.status_code != 404:
+                self._require(response, "reading the remembered list")
+        found = await self._find(name)
+        if found is not None:
+            return RemoteSegment(found, name, "name")
+        response = await self.http.request(
+            "POST",
+            "/lists",
+            json_body={"data": {"type": "list", "attributes": {"name": name}}},
+            describe="create the list",
+        )
+        self._require(response, f"creating the list {name!r}", (201,))
+        return RemoteSegment(str(response.json()["data"]["id"]), name, "created")
+
+    async def read_members(self, remote: RemoteSegment) -> AsyncIterator[list[str]]:
+        path: str | None = f"/lists/{quote(remote.id, safe='')}/profiles"
+        params: dict[str, str | int] | None = {"page[size]": LOOKUP_PAGE}
+        while path is not None:
+            response = await self.http.request(
+                "GET", path, params=params, describe="read the list's profiles"
+            )
+            self._require(response, "reading the list's profiles")
+            body = response.json()
+            emails = [
+                str(item["attributes"]["email"]).lower()
+                for item in body.get("data", [])
+                if (item.get("attributes") or {}).get("email")
+            ]
+            if emails:
+                yield emails
+            path, params = (body.get("links") or {}).get("next"), None
+
+    async def add_members(self, remote: RemoteSegment, members: list[SyncMember]) -> BatchResult:
+        response = await self.http.request(
+            "POST",
+            "/profile-bulk-import-jobs",
+            json_body={
+                "data": {
+                    "type": "profile-bulk-import-job",
+                    "attributes": {"profiles": {"data": [profile(m) for m in members]}},
+                    "relationships": {"lists": {"data": [{"type": "list", "id": remote.id}]}},
+                }
+            },
+            describe=f"import {len(members)} profiles",
+        )
+        if response.status_code == 404:
+            raise ConnectorError(f"Klaviyo list {remote.id} no longer exists")
+        if response.status_code != 202:
+            return failed_all(members, error_text(response))
+        job_id = response.json()["data"]["id"]
+        job = await self._finish_job(job_id)
+        status = job["attributes"].get("status")
+        if status != "complete":
+            return failed_all(members, f"Klaviyo import job {job_id} ended {status}")
+        if not job["attributes"].get("failed_count"):
+            return BatchResult()
+        return BatchResult(failed=await self._import_errors(job_id, members))
+
+    async def remove_members(self, remote: RemoteSegment, members: list[SyncMember]) -> BatchResult:
+        ids: list[str] = []
+        for start in range(0, len(members), LOOKUP_PAGE):
+            ids += await self._profile_ids([m.key for m in members[start : start + LOOKUP_PAGE]])
+        if not ids:
+            return BatchResult()  # no such profiles: nothing on the list to remove
+        response = await self.http.request(
+            "DELETE",
+            f"/lists/{quote(remote.id, safe='')}/relationships/profiles",
+            json_body={"data": [{"type": "profile", "id": each} for each in ids]},
+            describe=f"remove {len(ids)} profiles from the list",
+        )
+        if response.status_code == 404:
+            raise ConnectorError(f"Klaviyo list {remote.id} no longer exists")
+        if response.status_code != 204:
+            return failed_all(members, error_text(response))
+        return BatchResult()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _profile_ids(self, emails: list[str]) -> list[str]:
+        values = ",".join(quoted(email) for email in emails)
+        response = await self.http.request(
+            "GET",
+            "/profiles",
+            params={"filter": f"any(email,[{values}])", "page[size]": LOOKUP_PAGE},
+            describe="look profiles up by email",
+        )
+        self._require(response, "looking profiles up by email")
+        return [str(item["id"]) for item in response.json().get("data", [])]
+
+    async def _finish_job(self, job_id: str) -> dict[str, Any]:
+        async def status() -> dict[str, Any]:
+            response = await self.http.request(
+                "GET",
+                f"/profile-bulk-import-jobs/{quote(job_id, safe='')}",
+                describe="poll the import job",
+            )
+            self._require(response, f"polling import job {job_id}")
+            data: dict[str, Any] = response.json()["data"]
+            return data
+
+        return await poll_until(
+            status,
+            lambda job: job["attributes"].get("status") in FINISHED,
+            describe=f"import job {job_id}",
+            first_wait=0.2,
+        )
+
+    async def _import_errors(self, job_id: str, members: list[SyncMember]) -> dict[str, str]:
+        failed: dict[str, str] = {}
+        path: str | None = f"/profile-bulk-import-jobs/{quote(job_id, safe='')}/import-errors"
+        params: dict[str, str | int] | None = {"page[size]": 100}
+        while path is not None:
+            response = await self.http.request(
+                "GET", path, params=params, describe="read the import errors"
+            )
+            self._require(response, f"reading the errors of import job {job_id}")
+            body = response.json()
+            for error in body.get("data", []):
+                attributes = error.get("attributes") or {}
+                key = self._rejected_key(attributes, members)
+                if key is not None:
+                    failed[key] = str(attributes.get("detail") or attributes.get("title"))
+            path, params = (body.get("links") or {}).get("next"), None
+        return failed
+
+    @staticmethod
+    def _rejected_key(attributes: dict[str, Any], members: list[SyncMember]) -> str | None:
+        payload = attributes.get("original_payload") or {}
+        email = (payload.get("attributes") or {}).get("email")
+        if isinstance(email, str) and email:
+            return email.lower()
+        match = PROFILE_POINTER.fullmatch(str((attributes.get("source") or {}).get("pointer")))
+        if match and int(match.group(1)) < len(members):
+            return members[int(match.group(1))].key
+        return None
+
+    async def _find(self, name: str) -> str | None:
+        response = await self.http.request(
+            "GET",
+            "/lists",
+            params={"filter": f"equals(name,{quoted(name)})"},
+            describe="find the list by name",
+        )
+        self._require(response, "finding the list by name")
+        lists = response.json().get("data", [])
+        return str(lists[0]["id"]) if lists else None
+
+    @staticmethod
+    def _require(response: httpx.Response, doing: str, ok: tuple[int, ...] = (200,)) -> None:
+        if response.status_code not in ok:
+            raise ConnectorError(f"Klaviyo failed {doing}: {error_text(response)}")

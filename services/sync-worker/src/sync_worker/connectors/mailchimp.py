@@ -1,0 +1,216 @@
+"""Mailchimp Marketing API 3.0 (DESTINATIONS.md): a segment is a static segment (tag) of the
+configured audience. Members join the audience first (batch subscribe with `status_if_new`,
+never `status`: an existing contact's subscription stays as Mailchimp has it), then the
+static segment, at most 500 per array and 10 connections per API key."""
+
+import re
+from collections.abc import AsyncIterator
+from json.encoder import encode_basestring as quote_json
+from urllib.parse import quote
+
+import httpx
+
+from segments_shared.destinations import MailchimpConfig
+from sync_worker.connectors.base import (
+    BatchResult,
+    Capabilities,
+    ConnectorError,
+    RemoteSegment,
+    SyncMember,
+    failed_all,
+)
+from sync_worker.connectors.http import VendorHttp
+
+CAPABILITIES = Capabilities(batch_size=500, concurrency=10)
+PAGE = 1000
+MAX_NAME = 100
+NOT_ON_AUDIENCE = "not a member of this audience"
+# Answers list every member they touched (hundreds of kilobytes): when they report no error,
+# there is nothing to read in them.
+NO_ERRORS = re.compile(rb'"error_count"\s*:\s*0\s*[,}]')
+
+
+def error_text(response: httpx.Response) -> str:
+    """Mailchimp answers problem details: `detail` says what is wrong."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return f"HTTP {response.status_code}: {detail or response.text[:200]}"
+
+
+def audience_member(member: SyncMember) -> str:
+    """One member of a batch subscribe, as JSON text. Written out by hand: this runs once per
+    member sent, and building a dict per member only to encode it costs twice as much."""
+    merge_fields = []
+    if member.first_name:
+        merge_fields.append('"FNAME":' + quote_json(member.first_name))
+    if member.last_name:
+        merge_fields.append('"LNAME":' + quote_json(member.last_name))
+    # Only reachable (subscribed) members reach an ESP, so a new contact is subscribed.
+    return (
+        '{"email_address":' + quote_json(member.key) + ',"status_if_new":"subscribed",'
+        '"merge_fields":{' + ",".join(merge_fields) + "}}"
+    )
+
+
+def batch_subscribe(members: list[SyncMember]) -> bytes:
+    body = ",".join(audience_member(member) for member in members)
+    return ('{"members":[' + body + '],"update_existing":true}').encode()
+
+
+class MailchimpConnector:
+    capabilities = CAPABILITIES
+    creates_new_segments = False
+    removes_members = True
+
+    def __init__(self, config: MailchimpConfig, http: VendorHttp) -> None:
+        self.http = http
+        self.list_id = config.list_id
+        self.audience = f"/lists/{quote(config.list_id, safe='')}"
+
+    def remote_name(self, segment_name: str) -> str:
+        return segment_name[:MAX_NAME]
+
+    async def find_or_create_segment(self, name: str, remembered_id: str | None) -> RemoteSegment:
+        if remembered_id is not None:
+            response = await self.http.request(
+                "GET", self._segment(remembered_id), describe="read the remembered segment"
+            )
+            if response.status_code == 200:
+                if response.json().get("name") != name:
+                    await self._rename(remembered_id, name)
+                return RemoteSegment(remembered_id, name, "remembered")
+            self._unless_missing_segment(response, "reading the remembered segment")
+        found = await self._find(name)
+        if found is not None:
+            return RemoteSegment(found, name, "name")
+        response = await self.http.request(
+            "POST",
+            f"{self.audience}/segments",
+            json_body={"name": name, "static_segment": []},
+            describe="create the static segment",
+        )
+        if response.status_code == 200:
+            return RemoteSegment(str(response.json()["id"]), name, "created")
+        # A create that timed out may have happened after all: look again.
+        found = await self._find(name)
+        if found is not None:
+            return RemoteSegment(found, name, "name")
+        raise ConnectorError(
+            f"Mailchimp did not create the segment {name!r}: {error_text(response)}"
+        )
+
+    async def read_members(self, remote: RemoteSegment) -> AsyncIterator[list[str]]:
+        offset = 0
+        while True:
+            response = await self.http.request(
+                "GET",
+                f"{self._segment(remote.id)}/members",
+                params={"count": PAGE, "offset": offset},
+                describe="read the segment's members",
+            )
+            self._require(response, "reading the segment's members")
+            body = response.json()
+            emails = [member["email_address"].lower() for member in body.get("members", [])]
+            if emails:
+                yield emails
+            offset += PAGE
+            if not emails or offset >= int(body.get("total_items", 0)):
+                return
+
+    async def add_members(self, remote: RemoteSegment, members: list[SyncMember]) -> BatchResult:
+        response = await self.http.request(
+            "POST",
+            self.audience,
+            json_text=batch_subscribe(members),
+            describe=f"add {len(members)} contacts to the audience",
+        )
+        if response.status_code == 404:
+            raise ConnectorError(f"Mailchimp audience {self.list_id} does not exist")
+        if response.status_code != 200:
+            return failed_all(members, error_text(response))
+        failed = {}
+        if not NO_ERRORS.search(response.content):
+            failed = {
+                error["email_address"].lower(): f"{error.get('error_code', 'ERROR')}: "
+                f"{error['error']}"
+                for error in response.json().get("errors", [])
+            }
+        joined = [member.key for member in members if member.key not in failed]
+        if joined:
+            failed.update(await self._change(remote, "members_to_add", joined))
+        return BatchResult(failed=failed)
+
+    async def remove_members(self, remote: RemoteSegment, members: list[SyncMember]) -> BatchResult:
+        failed = await self._change(remote, "members_to_remove", [member.key for member in members])
+        # Someone no longer on the audience is in no segment of it: nothing left to remove.
+        return BatchResult(
+            failed={key: reason for key, reason in failed.items() if NOT_ON_AUDIENCE not in reason}
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def _segment(self, segment_id: str) -> str:
+        return f"{self.audience}/segments/{quote(segment_id, safe='')}"
+
+    async def _change(self, remote: RemoteSegment, field: str, emails: list[str]) -> dict[str, str]:
+        response = await self.http.request(
+            "POST",
+            self._segment(remote.id),
+            json_body={field: emails},
+            describe=f"{field} ({len(emails)})",
+        )
+        if response.status_code == 404:
+            raise ConnectorError(
+                f"Mailchimp static segment {remote.id} no longer exists; the next sync "
+                "finds or creates it again"
+            )
+        if response.status_code != 200:
+            reason = error_text(response)
+            return {email: reason for email in emails}
+        failed: dict[str, str] = {}
+        if NO_ERRORS.search(response.content):
+            return failed
+        for error in response.json().get("errors", []):
+            for email in error.get("email_addresses", []):
+                failed[email.lower()] = error.get("error", "rejected")
+        return failed
+
+    async def _find(self, name: str) -> str | None:
+        offset = 0
+        while True:
+            response = await self.http.request(
+                "GET",
+                f"{self.audience}/segments",
+                params={"type": "static", "count": PAGE, "offset": offset},
+                describe="list the static segments",
+            )
+            if response.status_code == 404:
+                raise ConnectorError(f"Mailchimp audience {self.list_id} does not exist")
+            self._require(response, "listing the static segments")
+            body = response.json()
+            for segment in body.get("segments", []):
+                if segment.get("name") == name:
+                    return str(segment["id"])
+            offset += PAGE
+            if offset >= int(body.get("total_items", 0)):
+                return None
+
+    async def _rename(self, segment_id: str, name: str) -> None:
+        response = await self.http.request(
+            "PATCH", self._segment(segment_id), json_body={"name": name}, describe="rename"
+        )
+        self._require(response, f"renaming segment {segment_id} to {name!r}")
+
+    @staticmethod
+    def _require(response: httpx.Response, doing: str) -> None:
+        if response.status_code != 200:
+            raise ConnectorError(f"Mailchimp failed {doing}: {error_text(response)}")
+
+    def _unless_missing_segment(self, response: httpx.Response, doing: str) -> None:
+        if response.status_code == 404:
+            return  # deleted at Mailchimp: find it by name or create it again
+        self._require(response, doing)

@@ -1,0 +1,123 @@
+"""Sync runs and promotions over HTTP: listing, the state of a segment at a destination, and
+requests that are refused with a precise answer and write nothing."""
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.sync.conftest import row_counts
+from tests.sync.test_destinations_api import VALID, problem
+
+
+async def segment(api: httpx.AsyncClient, name: str = "Launch") -> str:
+    response = await api.post("/v1/segments", json={"name": name})
+    assert response.status_code == 201, response.text
+    segment_id: str = response.json()["id"]
+    return segment_id
+
+
+async def destination(api: httpx.AsyncClient, kind: str, **config: Any) -> str:
+    response = await api.post(
+        "/v1/destinations",
+        json={"name": kind, "type": kind, "config": {**VALID[kind], **config}},
+    )
+    assert response.status_code == 201, response.text
+    destination_id: str = response.json()["id"]
+    return destination_id
+
+
+@pytest.mark.asyncio
+async def test_runs_are_listed_newest_first_by_cursor(api: httpx.AsyncClient) -> None:
+    segment_id = await segment(api)
+    hooks = [await destination(api, "webhook") for _ in range(3)]
+    runs = []
+    for hook in hooks:
+        response = await api.post(f"/v1/segments/{segment_id}/syncs", json={"destination_id": hook})
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "queued"
+        assert response.json()["kind"] == "sync"
+        runs.append(response.json()["id"])
+    # A second request for a pair with a run in progress answers that run.
+    again = await api.post(f"/v1/segments/{segment_id}/syncs", json={"destination_id": hooks[0]})
+    assert again.json()["id"] == runs[0]
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await api.get(f"/v1/segments/{segment_id}/syncs", params=params)).json()
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == runs[::-1]
+    only = await api.get(f"/v1/segments/{segment_id}/syncs", params={"destination_id": hooks[1]})
+    assert [item["id"] for item in only.json()["items"]] == [runs[1]]
+    problem(await api.get(f"/v1/segments/{uuid.uuid4()}/syncs"), 404)
+    problem(await api.get(f"/v1/segments/{segment_id}/syncs", params={"cursor": "x"}), 422)
+
+    state = (await api.get(f"/v1/segments/{segment_id}/destinations/{hooks[2]}")).json()
+    assert state["remote_id"] is None
+    assert state["member_count"] == 0
+    assert state["last_run"]["id"] == runs[2]
+    assert state["last_run"]["status"] == "queued"
+    problem(await api.get(f"/v1/segments/{segment_id}/destinations/{uuid.uuid4()}"), 404)
+    problem(await api.get(f"/v1/segments/{uuid.uuid4()}/destinations/{hooks[0]}"), 404)
+
+
+@pytest.mark.asyncio
+async def test_refused_promotions_write_nothing(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    segment_id = await segment(api)
+    production = await destination(api, "commerce")
+    staging = await destination(
+        api, "commerce", environment="staging", base_url="https://staging.example.com/rest/admin/v2"
+    )
+    other_production = await destination(api, "commerce")
+    hook = await destination(api, "webhook")
+    path = f"/v1/segments/{segment_id}/promotions"
+    before = await row_counts(clean_db)
+
+    def body(source: Any, target: Any) -> dict[str, Any]:
+        return {"from_destination_id": source, "to_destination_id": target}
+
+    answer = problem(await api.post(path, json=body(hook, str(uuid.uuid4()))), 422)
+    assert {e["pointer"] for e in answer["errors"]} == {
+        "/from_destination_id",
+        "/to_destination_id",
+    }
+    answer = problem(await api.post(path, json=body(production, production)), 422)
+    assert "/to_destination_id" in {e["pointer"] for e in answer["errors"]}
+    answer = problem(await api.post(path, json=body("nope", staging)), 422)
+    assert answer["errors"][0]["pointer"] == "/from_destination_id"
+    answer = problem(await api.post(path, json={"from_destination_id": production}), 422)
+    assert answer["errors"][0]["pointer"] == "/to_destination_id"
+    # Wrong environments, either way round.
+    answer = problem(await api.post(path, json=body(staging, production)), 409)
+    assert "production" in answer["detail"]
+    assert "staging" in answer["detail"]
+    problem(await api.post(path, json=body(production, other_production)), 409)
+    # Production never synced the segment.
+    answer = problem(await api.post(path, json=body(production, staging)), 409)
+    assert "no successful sync" in answer["detail"]
+    problem(
+        await api.post(f"/v1/segments/{uuid.uuid4()}/promotions", json=body(production, staging)),
+        404,
+    )
+    # A staging store is filled by promotion only.
+    answer = problem(
+        await api.post(f"/v1/segments/{segment_id}/syncs", json={"destination_id": staging}), 409
+    )
+    assert "promotion" in answer["detail"]
+    # An inactive segment is not synced.
+    deactivated = await api.post(f"/v1/segments/{segment_id}/deactivate")
+    assert deactivated.status_code == 200, deactivated.text
+    after_deactivate = await row_counts(clean_db)
+    problem(await api.post(f"/v1/segments/{segment_id}/syncs", json={"destination_id": hook}), 409)
+    problem(await api.post(path, json=body(production, staging)), 409)
+    assert await row_counts(clean_db) == after_deactivate
+    assert after_deactivate["sync_runs"] == before["sync_runs"] == 0
