@@ -2,11 +2,15 @@
 5,000 events/s or more with confirms and `mandatory`, and at least half the bare rate with
 the same number of confirms in flight).
 
-    python -m bench.relay_throughput [--events 50000] [--in-flight 500]
+    python -m bench.relay_throughput [--events 50000] [--in-flight 500] [--rounds 3]
+
+Rounds alternate the two publishers, and the medians are compared, so a burst of load from
+elsewhere on the machine does not land on one side only.
 """
 
 import argparse
 import asyncio
+import statistics
 import time
 
 import aio_pika
@@ -47,7 +51,7 @@ async def bare_publisher(prefix: str, events: list[CustomerChanged], in_flight: 
             await asyncio.gather(
                 *(
                     exchange.publish(
-                        aio_pika.Message(
+                        aio_pika.Message(  # what the relay sends (relay.build_message)
                             body,
                             content_type="application/cloudevents+json",
                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -102,21 +106,30 @@ async def relay_rate(url: str, prefix: str, events: list[CustomerChanged], batch
         await engine.dispose()
 
 
-async def main(events_count: int, in_flight: int) -> None:
+async def main(events_count: int, in_flight: int, rounds: int) -> None:
     url = await fresh_database("segments_bench_relay")
     prefix = bench_prefix()
     connection = await aio_pika.connect(AMQP_URL)
     await declare_all(await connection.channel(), Topology(prefix))
     await connection.close()
+    bare_rates, relay_rates = [], []
     try:
-        events = sample_events(events_count)
-        bare = await bare_publisher(prefix, events, in_flight)
-        await purge(prefix)
-        relay = await relay_rate(url, prefix, events, in_flight)
-        await purge(prefix)
-        print(f"events: {events_count}, confirms in flight: {in_flight}")
-        print(f"bare aio-pika publisher: {bare:,.0f} events/s")
-        print(f"outbox relay:            {relay:,.0f} events/s (claim, publish, mark sent)")
+        for _ in range(rounds):
+            events = sample_events(events_count)
+            bare_rates.append(await bare_publisher(prefix, events, in_flight))
+            await purge(prefix)
+            relay_rates.append(await relay_rate(url, prefix, events, in_flight))
+            await purge(prefix)
+        bare, relay = statistics.median(bare_rates), statistics.median(relay_rates)
+        print(f"events: {events_count} per round, {rounds} rounds, confirms in flight: {in_flight}")
+        print(
+            f"bare aio-pika publisher: {bare:,.0f} events/s (median; rounds "
+            f"{', '.join(f'{r:,.0f}' for r in bare_rates)})"
+        )
+        print(
+            f"outbox relay:            {relay:,.0f} events/s (median; rounds "
+            f"{', '.join(f'{r:,.0f}' for r in relay_rates)}), claim, publish, mark sent"
+        )
         print(f"relay / bare:            {relay / bare:.2f}")
     finally:
         await remove_topology(prefix)
@@ -126,5 +139,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--in-flight", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.in_flight))
+    asyncio.run(main(args.events, args.in_flight, args.rounds))

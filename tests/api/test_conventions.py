@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -71,3 +72,30 @@ async def test_openapi_declares_problem_answers_and_csv(app: FastAPI) -> None:
 async def test_unknown_routes_and_methods_are_problems(api: httpx.AsyncClient) -> None:
     assert_problem(await api.get("/v1/nothing-here"), 404)
     assert_problem(await api.put("/v1/segments"), 405)
+
+
+@pytest.mark.asyncio
+async def test_a_transaction_aborted_by_postgres_is_a_retryable_503(
+    api_settings: ApiSettings, clean_db: AsyncEngine
+) -> None:
+    app = create_app(api_settings)
+
+    @app.get("/test/deadlock")
+    async def deadlock() -> None:
+        raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+
+    @app.get("/test/serialization")
+    async def serialization() -> None:
+        raise asyncpg.exceptions.SerializationError("could not serialize access")
+
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://segments.test"
+        ) as client,
+    ):
+        for path in ("/test/deadlock", "/test/serialization"):
+            response = await client.get(path)
+            problem = assert_problem(response, 503)
+            assert response.headers["retry-after"] == "1"
+            assert "retry" in problem["detail"]

@@ -196,3 +196,36 @@ async def test_erasure_removes_the_customer_everywhere(
     async with clean_db.connect() as conn:
         left = await conn.execute(text("SELECT count(*) FROM orders"))
         assert left.scalar() == 0
+
+
+@pytest.mark.asyncio
+async def test_customer_shows_rfm_scores_and_erasure_removes_them(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    await make_customers(api, {"external_id": "buyer"}, {"external_id": "browser"})
+    async with clean_db.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO customer_rfm (customer_id, last_order_at, frequency, monetary, "
+                "recency_score, frequency_score, monetary_score, changed_at) "
+                "SELECT id, now() - interval '3 days 2 hours', 4, 120.50, 5, 4, 5, now() "
+                "FROM customers WHERE external_id = 'buyer'"
+            )
+        )
+    buyer = (await api.get("/v1/customers/buyer")).json()
+    assert buyer["rfm"] == {
+        "recency_days": 3,
+        "frequency": 4,
+        "monetary": "120.50",
+        "recency_score": 5,
+        "frequency_score": 4,
+        "monetary_score": 5,
+        "score": "545",
+    }
+    assert (await api.get("/v1/customers/browser")).json()["rfm"] is None
+    updated = await api.put("/v1/customers/buyer", json={"first_name": "B"})
+    assert updated.json()["rfm"]["score"] == "545"
+    assert (await api.delete("/v1/customers/buyer")).status_code == 204
+    async with clean_db.connect() as conn:
+        left = await conn.execute(text("SELECT count(*) FROM customer_rfm"))
+        assert left.scalar() == 0

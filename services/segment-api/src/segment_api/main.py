@@ -19,9 +19,13 @@ from segment_api.idempotency import IdempotencyMiddleware, purge_expired_keys
 from segment_api.middleware import BodyLimitMiddleware, CorrelationMiddleware
 from segment_api.orders.router import router as orders_router
 from segment_api.problems import Problem, install_problem_handlers
+from segment_api.rules.refresher import RuleRefresher
+from segment_api.rules.router import router as rules_router
+from segment_api.rules.settings import RefreshSettings
 from segment_api.segments.router import router as segments_router
 from segment_api.settings import ApiSettings
 from segment_api.syncs.router import router as syncs_router
+from segment_api.targets.router import router as targets_router
 from segments_shared.apikeys import create_key
 from segments_shared.bus.relay import OutboxRelay
 from segments_shared.bus.topology import Topology
@@ -51,7 +55,9 @@ providers and commerce stores.
 """
 
 
-def create_app(settings: ApiSettings) -> FastAPI:
+def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None = None) -> FastAPI:
+    refreshing = refresh_settings if refresh_settings is not None else settings
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings, pre_ping=False)
@@ -67,13 +73,23 @@ def create_app(settings: ApiSettings) -> FastAPI:
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
         bootstrap_task = asyncio.create_task(_ensure_bootstrap_key(engine, settings))
         purge_task = asyncio.create_task(purge_expired_keys(engine))
-        # With the database up this takes milliseconds; without it, start anyway.
+        # Rule segments are recomputed here: the API owns them and sees every change.
+        refresher = RuleRefresher(engine, refreshing)
+        app.state.refresher = refresher
+        refresher_task = asyncio.create_task(refresher.run(), name="rule-refresher")
+        # With the database up this takes milliseconds; without it, start anyway. The first
+        # refresher pass computes rule segments never computed (the defaults after install).
         await asyncio.wait({bootstrap_task}, timeout=5)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(refresher.first_pass.wait(), 5)
         try:
             yield
         finally:
             bootstrap_task.cancel()
             purge_task.cancel()
+            refresher.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(refresher_task, 10)
             relay.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(relay_task, 10)
@@ -95,6 +111,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     for router in (
         customers_router,
         orders_router,
+        rules_router,
+        targets_router,
         segments_router,
         destinations_router,
         syncs_router,

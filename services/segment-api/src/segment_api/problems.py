@@ -3,6 +3,7 @@
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -16,6 +17,8 @@ from segments_shared.observability import current_correlation_id
 log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# deadlock_detected, serialization_failure: the transaction was rolled back, retry is safe.
+RETRYABLE_STATES = frozenset({"40P01", "40001"})
 PROBLEM_BASE = "https://segments.dev/problems/"
 
 _TITLES = {
@@ -190,13 +193,33 @@ def install_problem_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers) if exc.headers else None
         return problem_response(exc.status_code, detail, instance=request.url.path, headers=headers)
 
+    @app.exception_handler(asyncpg.PostgresError)
+    async def _postgres(request: Request, exc: asyncpg.PostgresError) -> Response:
+        return await _database_error(request, exc, getattr(exc, "sqlstate", None))
+
     @app.exception_handler(DBAPIError)
     async def _database(request: Request, exc: DBAPIError) -> Response:
+        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        if state in RETRYABLE_STATES:
+            return await _database_error(request, exc, state)
         if exc.connection_invalidated or isinstance(exc.orig, OSError):
             log.warning("database connection lost", extra={"path": request.url.path})
             return problem_response(
                 503,
                 "the database connection was lost; retry the request",
+                instance=request.url.path,
+                headers={"Retry-After": "1"},
+            )
+        return await _unexpected(request, exc)
+
+    async def _database_error(request: Request, exc: Exception, state: str | None) -> Response:
+        if state in RETRYABLE_STATES:
+            # PostgreSQL aborted this transaction to let a concurrent one finish; nothing of
+            # it was kept, and the same request will most likely succeed now.
+            log.warning("transaction aborted by a concurrent one", extra={"sqlstate": state})
+            return problem_response(
+                503,
+                "a concurrent change got in the way; nothing was changed, retry the request",
                 instance=request.url.path,
                 headers={"Retry-After": "1"},
             )

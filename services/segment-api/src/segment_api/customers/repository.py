@@ -21,12 +21,25 @@ FIELDS = (
 JSON_FIELDS = frozenset({"attributes", "shipping_address", "billing_address"})
 INSERT_DEFAULTS: dict[str, Any] = {"email_status": "pending", "attributes": {}}
 
-RETURNED = """
-    id, external_id, email, first_name, last_name, email_status, attributes,
-    shipping_address, billing_address, created_at, updated_at
+# The customer's RFM scores (SPEC section 7), null without a placed order; recency counts
+# whole days up to now, so it is computed at read time from the stored last order.
+_RFM = """
+    (SELECT json_build_object(
+        'recency_days', floor(extract(epoch FROM now() - r.last_order_at) / 86400)::int,
+        'frequency', r.frequency,
+        'monetary', r.monetary::text,
+        'recency_score', r.recency_score,
+        'frequency_score', r.frequency_score,
+        'monetary_score', r.monetary_score,
+        'score', concat(r.recency_score, r.frequency_score, r.monetary_score))
+     FROM customer_rfm r WHERE r.customer_id = c.id) AS rfm
+"""
+RETURNED = f"""
+    c.id, c.external_id, c.email, c.first_name, c.last_name, c.email_status, c.attributes,
+    c.shipping_address, c.billing_address, c.created_at, c.updated_at, {_RFM}
 """
 
-_SELECT = f"SELECT {RETURNED} FROM customers WHERE external_id = $1"
+_SELECT = f"SELECT {RETURNED} FROM customers c WHERE c.external_id = $1"
 _LOCK = "SELECT id, email, email_status FROM customers WHERE external_id = $1 FOR UPDATE"
 
 # One statement whatever fields a request gives: `$9` says which ones the update touches,
@@ -168,9 +181,9 @@ async def upsert_many(
 
 
 _LIST = f"""
-    SELECT {RETURNED} FROM customers
-    WHERE ($1::text IS NULL OR email = $1) AND id > $2
-    ORDER BY id
+    SELECT {RETURNED} FROM customers c
+    WHERE ($1::text IS NULL OR c.email = $1) AND c.id > $2
+    ORDER BY c.id
     LIMIT $3
 """
 
@@ -187,6 +200,8 @@ _ERASE_MEMBERSHIPS = """
     DELETE FROM segment_members WHERE customer_id = $1 RETURNING segment_id
 """
 _ERASE = "DELETE FROM customers WHERE id = $1"
+# No cascade there: the metrics-worker rewrites that table set-wise, without foreign keys.
+_ERASE_RFM = "DELETE FROM customer_rfm WHERE customer_id = $1"
 
 
 async def lock_for_erasure(conn: AsyncConnection, external_id: str) -> int | None:
@@ -205,6 +220,7 @@ async def delete_memberships(conn: AsyncConnection, customer_id: int) -> list[An
 
 
 async def delete_customer(conn: AsyncConnection, customer_id: int) -> None:
-    """The customer, their orders, RFM scores and explicit segment overrides (cascades)."""
+    """The customer, their orders and explicit segment overrides (cascades), their RFM scores."""
     driver = await driver_connection(conn)
+    await driver.execute(_ERASE_RFM, customer_id)
     await driver.execute(_ERASE, customer_id)

@@ -66,6 +66,18 @@ class CustomerIn(RequestModel):
     )
 
 
+class Rfm(BaseModel):
+    """Scores 1 to 5 by quintile over customers with placed orders, 5 best."""
+
+    recency_days: int = Field(description="Days since the last placed order")
+    frequency: int = Field(description="Placed orders")
+    monetary: str = Field(description="Revenue of the placed orders", examples=["412.50"])
+    recency_score: int
+    frequency_score: int
+    monetary_score: int
+    score: str = Field(description="The three scores as digits", examples=["545"])
+
+
 class Customer(BaseModel):
     external_id: str
     email: str | None
@@ -75,6 +87,7 @@ class Customer(BaseModel):
     attributes: dict[str, Any]
     shipping_address: dict[str, Any] | None
     billing_address: dict[str, Any] | None
+    rfm: Rfm | None = Field(description="Null until the customer has a placed order")
     created_at: datetime
     updated_at: datetime
 

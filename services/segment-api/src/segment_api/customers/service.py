@@ -8,6 +8,7 @@ from segment_api.customers.schemas import BulkResult, Customer, CustomerIn, Cust
 from segment_api.events import SOURCE
 from segment_api.pagination import decode_cursor, encode_cursor
 from segment_api.problems import ProblemException, not_found, parameter_error
+from segment_api.rules.queue import note_data_changed
 from segment_api.segments.service import record_membership_change
 from segments_shared.bus.outbox import add_event, add_events
 from segments_shared.events import MAX_IDS_PER_EVENT, CustomerChanged, CustomerErased, CustomerIds
@@ -46,6 +47,7 @@ async def put_customer(
             data=CustomerIds(customer_external_ids=[external_id]),
         ),
     )
+    await note_data_changed(conn, "customers")  # rule segments follow, debounced
     return to_customer(row), created
 
 
@@ -88,6 +90,7 @@ async def bulk_upsert(conn: AsyncConnection, body: CustomersBulk) -> BulkResult:
             for chunk in chunks(keys)
         ],
     )
+    await note_data_changed(conn, "customers")  # rule segments follow, debounced
     return BulkResult(created=created, updated=len(keys) - created)
 
 
@@ -125,3 +128,4 @@ async def erase_customer(conn: AsyncConnection, external_id: str) -> None:
             data=CustomerIds(customer_external_ids=[external_id]),
         ),
     )
+    await note_data_changed(conn, "customers")  # rule segments follow, debounced

@@ -9,6 +9,7 @@ from segment_api.events import SOURCE
 from segment_api.orders import repository
 from segment_api.orders.schemas import BulkResult, Order, OrderIn, OrdersBulk
 from segment_api.problems import ProblemException
+from segment_api.rules.queue import note_data_changed
 from segments_shared.bus.outbox import add_events
 from segments_shared.events import MAX_IDS_PER_EVENT, OrderRecorded, OrderRef, OrdersRecorded
 from segments_shared.staleness import mark_customer_segments_stale
@@ -108,6 +109,7 @@ async def upsert_orders(
             for batch in batches
         ],
     )
+    await note_data_changed(conn, "orders")  # rule segments follow, debounced
     return created
 
 
