@@ -3,8 +3,9 @@
 
     python -m bench.event_latency [--rate 500] [--seconds 20]
 
-segment-api runs as its own process (the installed console command); this process drives
-`PUT /v1/customers/{id}` open-loop at the given rate and consumes `customer.changed` from the
+segment-api runs as its own process (the installed console command, one worker);
+`bench.loadgen`, a third process, drives `PUT /v1/customers/{id}` open-loop at the given rate
+over 32 keep-alive connections, while this process consumes `customer.changed` from the
 metrics-worker's queue, measuring receive time minus the event's `time` (set in the request's
 transaction, just before its commit).
 """
@@ -91,8 +92,6 @@ async def api_latencies(
     port = free_port()
     api = await start_api(url, prefix, port)
     latencies: list[float] = []
-    http_times: list[float] = []
-    errors = 0
     connection = await aio_pika.connect(AMQP_URL)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=1000)
@@ -107,24 +106,27 @@ async def api_latencies(
         await message.ack()
 
     tag = await queue.consume(on_message)
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}",
-        headers={"Authorization": f"Bearer {KEY}"},
-        limits=limits,
-        timeout=30,
-    ) as client:
-
-        async def fire(i: int) -> None:
-            nonlocal errors
-            started = time.perf_counter()
-            response = await client.put(f"/v1/customers/bench-{i}", json={"first_name": "B"})
-            http_times.append(time.perf_counter() - started)
-            if response.status_code not in (200, 201):
-                errors += 1
-
-        tasks = await paced(rate, seconds, fire)
-        await asyncio.gather(*tasks)
+    # The load comes from another process (bench.loadgen), open loop at the rate.
+    generator = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--url",
+        f"http://127.0.0.1:{port}",
+        "--rate",
+        str(rate),
+        "--seconds",
+        str(seconds),
+        "--key",
+        KEY,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await generator.communicate()
+    result = json.loads(output)
+    http_times = [value / 1000 for value in result["latencies_ms"]]
+    errors = sum(
+        count for status, count in result["statuses"].items() if status not in ("200", "201")
+    )
     expected = int(rate * seconds)
     await wait_until(lambda: len(latencies) >= expected - errors, within=30)
     await queue.cancel(tag)

@@ -2,7 +2,12 @@ from collections.abc import Generator
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.infra", "tests.fixtures.api", "tests.fixtures.processes"]
+pytest_plugins = [
+    "tests.fixtures.infra",
+    "tests.fixtures.api",
+    "tests.fixtures.processes",
+    "tests.fixtures.rabbit",
+]
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
