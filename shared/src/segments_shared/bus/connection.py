@@ -1,8 +1,14 @@
-"""A broker connection that knows when it is lost.
+"""A broker connection that knows when it is lost, and the channel supervision built on it.
 
 We supervise connections ourselves instead of relying on aio-pika's robust reconnection: the
 relay and consumers need to know the moment a connection dies (to back off, to report
 readiness) and to start from a clean channel afterwards.
+
+The broker can also close a single channel and leave its connection open (a consumer
+acknowledgement timeout, PRECONDITION_FAILED, NOT_FOUND after a queue or exchange was deleted,
+any channel-level error), and it cancels a consumer whose queue was deleted. The connection's
+close callbacks never hear of either, so the relay and consumers also watch their channel
+(`wait_for_trouble`) and open a new one, with backoff, when it goes.
 """
 
 import asyncio
@@ -13,6 +19,59 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 log = logging.getLogger(__name__)
+
+CHANNEL_OPEN_TIMEOUT = 10.0
+# A channel that worked this long resets the backoff; one failing at once keeps backing off.
+STABLE_SECONDS = 10.0
+
+
+class Backoff:
+    """Full-jitter exponential backoff: a random delay up to `base * 2**attempt`, capped."""
+
+    def __init__(self, *, base: float = 0.2, cap: float = 10.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        delay = random.uniform(0, min(self.cap, self.base * 2**self.attempt))
+        self.attempt += 1
+        return delay
+
+    async def sleep(self, stopping: asyncio.Event, delay: float | None = None) -> None:
+        """Sleep the next delay (or `delay`), returning early when stopping."""
+        seconds = self.next_delay() if delay is None else delay
+        try:
+            await asyncio.wait_for(stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+
+async def wait_for_trouble(channel: AbstractChannel, *events: asyncio.Event) -> None:
+    """Return once the channel is closed (by the broker, by us, or with its connection) or any
+    of `events` is set."""
+    waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(channel.closed())]
+    waiters += [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        # Cancelling `closed()` only cancels its shield: the channel's own future is untouched.
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def close_channel(channel: AbstractChannel) -> None:
+    """Close a channel we are done with; one the broker already closed needs nothing."""
+    if channel.is_closed:
+        return
+    try:
+        await asyncio.wait_for(channel.close(), 5)
+    except Exception:  # its connection may be dying; the channel is gone either way
+        log.debug("error while closing broker channel", exc_info=True)
 
 
 def amqp_url_with_defaults(url: str, *, heartbeat: int = 30) -> str:
@@ -49,29 +108,29 @@ class BrokerConnection:
     async def channel(
         self, *, publisher_confirms: bool = True, on_return_raises: bool = False
     ) -> AbstractChannel:
-        if self.connection is None:
+        """Open a channel. A connection that cannot open one in time is not usable: raising
+        here makes the caller drop and re-establish it."""
+        if self.connection is None or self.connection.is_closed:
             raise RuntimeError("not connected")
-        return await self.connection.channel(
+        channel = self.connection.channel(
             publisher_confirms=publisher_confirms, on_return_raises=on_return_raises
         )
+        await asyncio.wait_for(channel.initialize(), CHANNEL_OPEN_TIMEOUT)
+        return channel
 
     async def connect_with_backoff(self, stopping: asyncio.Event) -> AbstractConnection | None:
         """Connect, retrying with full-jitter backoff until connected or stopping."""
-        attempt = 0
+        backoff = Backoff()
         while not stopping.is_set():
             try:
                 return await self.connect()
             except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
-                delay = random.uniform(0, min(10.0, 0.2 * 2**attempt))
-                attempt += 1
+                delay = backoff.next_delay()
                 log.warning(
                     "broker unreachable, retrying",
                     extra={"error": repr(exc), "retry_in_s": round(delay, 2)},
                 )
-                try:
-                    await asyncio.wait_for(stopping.wait(), delay)
-                except TimeoutError:
-                    pass
+                await backoff.sleep(stopping, delay)
         return None
 
     async def close(self) -> None:

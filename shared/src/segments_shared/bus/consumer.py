@@ -13,12 +13,18 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from segments_shared.bus.connection import BrokerConnection
+from segments_shared.bus.connection import (
+    STABLE_SECONDS,
+    Backoff,
+    BrokerConnection,
+    close_channel,
+    wait_for_trouble,
+)
 from segments_shared.bus.inbox import record_processed
 from segments_shared.bus.topology import Topology, declare_service_queue
 from segments_shared.events import Event, parse_event
@@ -62,42 +68,82 @@ class EventConsumer:
         self.after_commit = after_commit
         self.broker = BrokerConnection(amqp_url, service)
         self._stopping = asyncio.Event()
+        self._consuming_on: AbstractChannel | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
 
     @property
     def broker_connected(self) -> bool:
-        return self.broker.is_connected
+        """Ready: connected, with an open channel consuming the service's queue. A channel the
+        broker closed or a consumer it cancelled counts as down until it is replaced."""
+        channel = self._consuming_on
+        return self.broker.is_connected and channel is not None and not channel.is_closed
 
     def stop(self) -> None:
         self._stopping.set()
-        self.broker.lost.set()
 
     async def run(self) -> None:
+        backoff = Backoff()
         while not self._stopping.is_set():
             if await self.broker.connect_with_backoff(self._stopping) is None:
                 break
             try:
-                channel = await self.broker.channel(publisher_confirms=False)
-                await channel.set_qos(prefetch_count=self.prefetch)
-                queue = await declare_service_queue(channel, self.topology, self.service)
-                await self._consume(queue)
+                # A channel the broker closes is replaced on the same connection.
+                while not self._stopping.is_set() and self.broker.is_connected:
+                    await self._consume_on_new_channel(backoff)
+                    if not self._stopping.is_set():
+                        await backoff.sleep(self._stopping)
             except Exception as exc:
                 log.warning("consumer lost the broker", extra={"error": repr(exc)})
             finally:
                 await self._drain()
                 await self.broker.close()
             if not self._stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+                await backoff.sleep(self._stopping)
 
-    async def _consume(self, queue: AbstractQueue) -> None:
-        tag = await queue.consume(self._on_message)
-        log.info("consuming", extra={"queue": queue.name})
-        await self.broker.lost.wait()
-        if self._stopping.is_set() and self.broker.is_connected:
-            # Stop taking new work; what is in flight finishes before the connection closes.
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+    async def _consume_on_new_channel(self, backoff: Backoff) -> None:
+        """Open a channel, declare the queue, consume until the channel, the consumer or the
+        connection goes (or we stop), then finish what is in flight. Errors of the connection
+        (opening the channel) propagate; errors of the channel are logged here."""
+        channel = await self.broker.channel(publisher_confirms=False)
+        cancelled = asyncio.Event()
+
+        def on_cancel(_frame: object) -> None:
+            # The broker cancels the consumer when its queue is deleted; the channel stays open.
+            self._consuming_on = None
+            cancelled.set()
+
+        queue_name = self.topology.service_queue(self.service)
+        started: float | None = None
+        try:
+            await channel.set_qos(prefetch_count=self.prefetch)
+            queue = await declare_service_queue(channel, self.topology, self.service)
+            (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(on_cancel)
+            tag = await queue.consume(self._on_message)
+            self._consuming_on = channel
+            started = time.monotonic()
+            log.info("consuming", extra={"queue": queue_name})
+            await wait_for_trouble(channel, self.broker.lost, self._stopping, cancelled)
+            if self._stopping.is_set() and not channel.is_closed and not cancelled.is_set():
+                # Stop taking new work; what is in flight finishes before the channel closes.
+                with contextlib.suppress(Exception):
+                    await queue.cancel(tag)
+            elif cancelled.is_set():
+                log.warning("consumer cancelled by the broker", extra={"queue": queue_name})
+            elif self.broker.lost.is_set():
+                log.warning("consumer lost the broker connection", extra={"queue": queue_name})
+            elif channel.is_closed:
+                log.warning("consumer channel closed by the broker", extra={"queue": queue_name})
+        except Exception as exc:
+            log.warning("consumer channel failed", extra={"queue": queue_name, "error": repr(exc)})
+        finally:
+            self._consuming_on = None
+            if started is not None and time.monotonic() - started >= STABLE_SECONDS:
+                backoff.reset()  # a channel that keeps failing at once keeps backing off
+            # A channel closing cancels its deliveries' handlers (aiormq), so their transactions
+            # roll back and the broker redelivers them; a handler that committed just before
+            # cannot acknowledge, and the inbox skips its redelivery. On stop, handlers finish.
+            await self._drain()
+            await close_channel(channel)
 
     async def _drain(self, grace_seconds: float = 25.0) -> None:
         if self._in_flight:
@@ -135,7 +181,6 @@ class EventConsumer:
                     else:
                         CONSUMED.labels(type=event.type, outcome="duplicate").inc()
                         log.info("duplicate event skipped", extra={"event_id": event.id})
-            await message.ack()
         except Exception as exc:
             CONSUMED.labels(type=event.type, outcome="error").inc()
             log.warning(
@@ -155,5 +200,14 @@ class EventConsumer:
             HANDLE_SECONDS.labels(type=event.type).observe(time.perf_counter() - started)
             correlation_id_var.reset(token)
         CONSUMED.labels(type=event.type, outcome="processed").inc()
+        try:
+            await message.ack()
+        except Exception as exc:
+            # Committed but not acknowledged (the channel closed meanwhile): the broker
+            # redelivers it and the inbox skips it. Not a handling failure, so no nack.
+            log.warning(
+                "acknowledgement failed after commit, the redelivery will be skipped",
+                extra={"event_id": event.id, "type": event.type, "reason": repr(exc)},
+            )
         if self.after_commit is not None:
             self.after_commit(event)

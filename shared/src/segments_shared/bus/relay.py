@@ -9,18 +9,22 @@ consumers are idempotent by event id. Publishing keeps a whole batch of confirms
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Sequence
 
 import aio_pika
 import asyncpg
-from aio_pika.abc import AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractExchange
 from prometheus_client import Counter, Histogram
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from segments_shared.bus.connection import BrokerConnection
+from segments_shared.bus.connection import (
+    STABLE_SECONDS,
+    Backoff,
+    BrokerConnection,
+    close_channel,
+)
 from segments_shared.bus.topology import Topology, declare_all, declare_events_exchange
 from segments_shared.db.engine import asyncpg_dsn
 from segments_shared.db.types import AnyRow
@@ -91,10 +95,14 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._last_purge = 0.0
+        self._channel: AbstractChannel | None = None
 
     @property
     def broker_connected(self) -> bool:
-        return self.broker.is_connected
+        """Connected, with an open publishing channel. A channel the broker closed counts as
+        down until it is replaced."""
+        channel = self._channel
+        return self.broker.is_connected and channel is not None and not channel.is_closed
 
     def wake(self) -> None:
         self._wake.set()
@@ -106,34 +114,63 @@ class OutboxRelay:
     async def run(self) -> None:
         listener = asyncio.create_task(self._listen(), name="outbox-listen")
         try:
-            attempt = 0
+            backoff = Backoff(cap=5.0)
             while not self._stopping.is_set():
                 if await self.broker.connect_with_backoff(self._stopping) is None:
                     break
                 try:
-                    channel = await self.broker.channel(on_return_raises=True)
-                    # Declaring every queue here means no event is published before the
-                    # queues that should receive it exist, whichever service starts first.
-                    await declare_all(channel, self.topology)
-                    exchange = await declare_events_exchange(channel, self.topology)
-                    attempt = 0
-                    await self._pump(exchange)
+                    # A channel the broker closes (or one a publish timed out on) is replaced
+                    # on the same connection.
+                    while not self._stopping.is_set() and self.broker.is_connected:
+                        await self._publish_on_new_channel(backoff)
+                        if not self._stopping.is_set():
+                            await backoff.sleep(self._stopping)
                 except Exception as exc:
-                    PUBLISH_FAILURES.inc()
-                    cause = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
-                    log.warning("relay lost the broker", extra={"error": repr(cause)})
+                    log.warning("relay lost the broker", extra={"error": repr(exc)})
                 finally:
                     await self.broker.close()
                 if not self._stopping.is_set():
-                    delay = random.uniform(0, min(5.0, 0.2 * 2**attempt))
-                    attempt += 1
-                    await self._sleep(delay)
+                    await backoff.sleep(self._stopping)
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
 
-    async def _pump(self, exchange: AbstractExchange) -> None:
-        while not self._stopping.is_set() and not self.broker.lost.is_set():
+    async def _publish_on_new_channel(self, backoff: Backoff) -> None:
+        """Open a channel, declare the topology and publish until the channel or the
+        connection goes (or we stop). Errors of the connection (opening the channel)
+        propagate; a failed batch or a channel error closes this channel."""
+        channel = await self.broker.channel(on_return_raises=True)
+        # Wake the pump the moment the channel closes, rather than at its next publish.
+        channel.close_callbacks.add(self._on_channel_close)
+        started: float | None = None
+        try:
+            # Declaring every queue here means no event is published before the queues that
+            # should receive it exist, whichever service starts first.
+            await declare_all(channel, self.topology)
+            exchange = await declare_events_exchange(channel, self.topology)
+            self._channel = channel
+            started = time.monotonic()
+            await self._pump(channel, exchange)
+            if self.broker.lost.is_set():
+                log.warning("relay lost the broker connection")
+            elif channel.is_closed:
+                log.warning("relay channel closed by the broker")
+        except Exception as exc:
+            PUBLISH_FAILURES.inc()
+            cause = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
+            log.warning("relay channel failed", extra={"error": repr(cause)})
+        finally:
+            self._channel = None
+            if started is not None and time.monotonic() - started >= STABLE_SECONDS:
+                backoff.reset()  # a channel that keeps failing at once keeps backing off
+            channel.close_callbacks.discard(self._on_channel_close)
+            await close_channel(channel)
+
+    def _on_channel_close(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _pump(self, channel: AbstractChannel, exchange: AbstractExchange) -> None:
+        while not self._stopping.is_set() and not channel.is_closed:
             self._wake.clear()
             # Several drains claim disjoint batches (SKIP LOCKED), so one batch's database
             # round trips overlap another's wait for confirms.
