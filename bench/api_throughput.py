@@ -228,7 +228,9 @@ PUT_SCRIPT = textwrap.dedent(
     math.randomseed(os.time())
     request = function()
       local id = "w" .. math.random(1, 1000000000)
-      return wrk.format("PUT", "%s" .. id, {["Content-Type"] = "application/json"},
+      -- A headers table replaces wrk's -H headers, so the key goes here too.
+      return wrk.format("PUT", "%s" .. id,
+        {["Content-Type"] = "application/json", ["Authorization"] = "Bearer %s"},
         '{"first_name": "B", "email": "b' .. id .. '@example.com"}')
     end
     """
@@ -255,14 +257,14 @@ async def http_rates(url: str, base: str) -> None:
             bare_base = f"http://127.0.0.1:{bare_port}"
             bare_get, bare_get_p99 = wrk(f"{bare_base}/bare/abc")
             put_bare = Path(folder) / "put_bare.lua"
-            put_bare.write_text(PUT_SCRIPT % "/bare/")
+            put_bare.write_text(PUT_SCRIPT % ("/bare/", KEY))
             bare_put, bare_put_p99 = wrk(bare_base, str(put_bare))
         finally:
             bare.terminate()
             await bare.wait()
         api_get, api_get_p99 = wrk(f"{base}/v1/segments/{segment}")
         put_api = Path(folder) / "put_api.lua"
-        put_api.write_text(PUT_SCRIPT % "/v1/customers/")
+        put_api.write_text(PUT_SCRIPT % ("/v1/customers/", KEY))
         api_put, api_put_p99 = wrk(base, str(put_api))
     print(
         f"GET /v1/segments/{{id}}: {api_get:,.0f} req/s, p99 {api_get_p99}; bare FastAPI GET: "

@@ -65,6 +65,54 @@ async def test_bulk_upsert_counts_and_merges(api: httpx.AsyncClient, clean_db: A
 
 
 @pytest.mark.asyncio
+async def test_bulk_and_single_upserts_store_the_same(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    """The bulk path unpacks the body in SQL, the single one binds fields: for the same
+    sequence of bodies (create, partial update, nulls clearing, address parts), both agree."""
+    bodies: list[dict[str, object]] = [
+        {
+            "email": "Ada@Example.com",
+            "first_name": "Ada",
+            "attributes": {"tier": "gold", "visits": 3},
+            "shipping_address": {"city": "London", "line2": None, "country": "GB"},
+        },
+        {
+            "last_name": "Lovelace",
+            "email_status": "subscribed",
+            "billing_address": {"city": "Bath"},
+        },
+        {"first_name": None, "attributes": None, "shipping_address": None},
+        {"email": None, "billing_address": {"city": "Leeds", "postal_code": None}},
+    ]
+    for body in bodies:
+        single = await api.put("/v1/customers/single", json=body)
+        assert single.status_code in (200, 201), single.text
+        bulk = await api.post(
+            "/v1/customers/bulk", json={"customers": [{"external_id": "bulk", **body}]}
+        )
+        assert bulk.status_code == 200, bulk.text
+        stored = [(await api.get(f"/v1/customers/{key}")).json() for key in ("single", "bulk")]
+        fields = ("email", "first_name", "last_name", "email_status", "attributes")
+        compared = (*fields, "shipping_address", "billing_address")
+        assert [{name: c[name] for name in compared} for c in stored] == [
+            {name: stored[0][name] for name in compared}
+        ] * 2
+    assert stored[0]["shipping_address"] is None
+    assert stored[0]["billing_address"] == {"city": "Leeds"}
+    assert stored[0]["attributes"] == {}
+    assert (stored[0]["email"], stored[0]["last_name"]) == (None, "Lovelace")
+    async with clean_db.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT shipping_address IS NULL, billing_address::text, attributes::text "
+                "FROM customers ORDER BY external_id"
+            )
+        )
+        assert [tuple(row) for row in rows] == [(True, '{"city": "Leeds"}', "{}")] * 2
+
+
+@pytest.mark.asyncio
 async def test_bulk_publishes_one_event_per_thousand(
     api: httpx.AsyncClient, clean_db: AsyncEngine
 ) -> None:

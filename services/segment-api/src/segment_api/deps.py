@@ -29,6 +29,8 @@ async def _read_connection(request: Request) -> AsyncIterator[AsyncConnection]:
 Db = Annotated[AsyncConnection, Depends(_transaction, scope="function")]
 # Reads that need no transaction: one statement, one round trip, no BEGIN/COMMIT.
 ReadDb = Annotated[AsyncConnection, Depends(_read_connection, scope="function")]
+# A write done in one statement (atomic by itself), committed when it returns.
+OneStatementDb = ReadDb
 
 
 def get_settings(request: Request) -> ApiSettings:

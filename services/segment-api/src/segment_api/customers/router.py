@@ -4,7 +4,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 
 from segment_api.customers import repository, service
 from segment_api.customers.schemas import BulkResult, Customer, CustomerIn, CustomersBulk
-from segment_api.deps import Db, ReadDb, ReadKey, WriteKey
+from segment_api.deps import Db, OneStatementDb, ReadDb, ReadKey, WriteKey
 from segment_api.fields import Email, ExternalId
 from segment_api.pagination import Cursor, Limit, Page
 from segment_api.problems import not_found, problem_responses
@@ -28,7 +28,11 @@ CustomerPath = Annotated[ExternalId, Path(description="The store's own customer 
     },
 )
 async def upsert_customer(
-    external_id: CustomerPath, body: CustomerIn, db: Db, _: WriteKey, response: Response
+    external_id: CustomerPath,
+    body: CustomerIn,
+    db: OneStatementDb,
+    _: WriteKey,
+    response: Response,
 ) -> Customer:
     customer, created = await service.put_customer(db, external_id, body)
     if created:

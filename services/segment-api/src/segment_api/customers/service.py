@@ -19,9 +19,9 @@ def to_customer(row: Mapping[str, Any]) -> Customer:
     return Customer.model_validate(dict(row))
 
 
-def _fields(body: CustomerIn, exclude: set[str] | None = None) -> dict[str, Any]:
+def _fields(body: CustomerIn) -> dict[str, Any]:
     """The given fields as column values; addresses keep only their given parts."""
-    fields = body.model_dump(exclude_unset=True, exclude=exclude)
+    fields = body.model_dump(exclude_unset=True)
     for name in ("shipping_address", "billing_address"):
         if fields.get(name) is not None:
             fields[name] = {k: v for k, v in fields[name].items() if v is not None}
@@ -31,23 +31,17 @@ def _fields(body: CustomerIn, exclude: set[str] | None = None) -> dict[str, Any]
 async def put_customer(
     conn: AsyncConnection, external_id: str, body: CustomerIn
 ) -> tuple[Customer, bool]:
-    before = await repository.lock_reachability(conn, external_id)
-    row, created = await repository.upsert(conn, external_id, _fields(body))
-    if before is not None and (before["email"], before["email_status"]) != (
-        row["email"],
-        row["email_status"],
-    ):
-        # Reachability feeds KPIs: the segments holding this customer are stale now.
-        await mark_customer_segments_stale(conn, [row["id"]])
-    await add_event(
-        conn,
-        CustomerChanged(
-            source=SOURCE,
-            subject=external_id,
-            data=CustomerIds(customer_external_ids=[external_id]),
-        ),
+    """One statement, atomic by itself: `conn` is outside any transaction (the hottest write
+    there is, so one round trip). Its effects are those of the bulk path: stale KPIs when
+    the email or its status changed, `customer.changed`, a signal for rule segments."""
+    event = CustomerChanged(
+        source=SOURCE,
+        subject=external_id,
+        data=CustomerIds(customer_external_ids=[external_id]),
     )
-    await note_data_changed(conn, "customers")  # rule segments follow, debounced
+    row, created = await repository.put(
+        conn, external_id, _fields(body), (event.id, event.type, event.model_dump_json())
+    )
     return to_customer(row), created
 
 
@@ -78,8 +72,9 @@ async def bulk_upsert(conn: AsyncConnection, body: CustomersBulk) -> BulkResult:
     errors = duplicate_errors(keys, "customers")
     if errors:
         raise ProblemException(422, "external ids repeat within the call", errors=errors)
-    items = [(item.external_id, _fields(item, exclude={"external_id"})) for item in body.customers]
-    created, reachability_changed = await repository.upsert_many(conn, items)
+    created, reachability_changed = await repository.upsert_many(
+        conn, keys, body.model_dump_json(exclude_unset=True)
+    )
     await mark_customer_segments_stale(conn, reachability_changed)
     await add_events(
         conn,
