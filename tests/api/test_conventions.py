@@ -5,7 +5,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from segment_api.main import create_app
@@ -61,9 +62,17 @@ async def test_openapi_declares_problem_answers_and_csv(app: FastAPI) -> None:
             if code.startswith(("4", "5"))
         }
         assert "401" in errors, (method, path)
+        # Any operation can lose its database or be aborted by PostgreSQL (SPEC section 3).
+        assert "503" in errors, (method, path)
+        if method == "post":
+            # The idempotency middleware answers 409 (same key in progress) and 422 (bad key).
+            headers = [p["name"] for p in operation.get("parameters", []) if p["in"] == "header"]
+            assert "Idempotency-Key" in headers, (method, path)
+            assert {"409", "422"} <= set(errors), (method, path)
         for code, answer in errors.items():
             assert "application/problem+json" in answer["content"], (method, path, code)
         assert operation.get("summary"), (method, path)
+    assert sum(1 for _, method, _ in operations(schema) if method == "post") > 15
     export = schema["paths"]["/v1/segments/{segment_id}/export.csv"]["get"]
     assert "text/csv" in export["responses"]["200"]["content"]
 
@@ -99,3 +108,31 @@ async def test_a_transaction_aborted_by_postgres_is_a_retryable_503(
             problem = assert_problem(response, 503)
             assert response.headers["retry-after"] == "1"
             assert "retry" in problem["detail"]
+
+
+@pytest.mark.asyncio
+async def test_a_character_postgres_cannot_store_is_422_not_500(
+    api_settings: ApiSettings, clean_db: AsyncEngine
+) -> None:
+    """The last line behind the NUL checks: SQLSTATE 22021 is bad input, whichever way the
+    error arrives (through SQLAlchemy or straight from asyncpg)."""
+    app = create_app(api_settings)
+
+    @app.get("/test/nul")
+    async def nul(request: Request) -> None:
+        async with request.app.state.engine.connect() as conn:
+            await conn.execute(text("SELECT CAST(:value AS text)"), {"value": "a\x00b"})
+
+    @app.get("/test/nul-driver")
+    async def nul_driver() -> None:
+        raise asyncpg.exceptions.CharacterNotInRepertoireError("invalid byte sequence")
+
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://segments.test"
+        ) as client,
+    ):
+        for path in ("/test/nul", "/test/nul-driver"):
+            problem = assert_problem(await client.get(path), 422)
+            assert "NUL" in problem["detail"]

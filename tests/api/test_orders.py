@@ -1,7 +1,10 @@
 """Orders: single and bulk upserts, and the staleness they cause."""
 
+import asyncio
+
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.api.conftest import Snapshot
@@ -117,3 +120,37 @@ def problem_orders() -> list[dict[str, str]]:
         {"external_id": "n4", "total": "1.00"},
         {"external_id": "o2", "customer_external_id": "nobody"},
     ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("bulk", [False, True], ids=["put", "bulk"])
+async def test_an_order_racing_the_erasure_of_its_customer_is_422(
+    api: httpx.AsyncClient, clean_db: AsyncEngine, bulk: bool
+) -> None:
+    await make_customers(api, {"external_id": "c1"}, {"external_id": "gone"})
+    order = {"customer_external_id": "gone", "total": "1.00", "placed_at": PLACED}
+    async with clean_db.connect() as eraser:
+        transaction = await eraser.begin()
+        # An erasure under way: the customer is locked and deleted, not yet committed.
+        await eraser.execute(text("DELETE FROM customers WHERE external_id = 'gone'"))
+        if bulk:
+            request = api.post(
+                "/v1/orders/bulk",
+                json={
+                    "orders": [
+                        {"external_id": "o0", **order, "customer_external_id": "c1"},
+                        {"external_id": "o1", **order},
+                    ]
+                },
+            )
+        else:
+            request = api.put("/v1/orders/o1", json=order)
+        pending = asyncio.create_task(request)
+        await asyncio.sleep(0.5)
+        assert not pending.done()  # it waits for the erasure
+        await transaction.commit()
+        problem = assert_problem(await pending, 422)
+    expected = "/orders/1/customer_external_id" if bulk else "/customer_external_id"
+    assert [error["pointer"] for error in problem["errors"]] == [expected]
+    async with clean_db.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM orders"))).scalar_one() == 0

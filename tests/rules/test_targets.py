@@ -238,6 +238,47 @@ async def test_deduplicate_removes_what_an_earlier_segment_holds(
 
 
 @pytest.mark.asyncio
+async def test_deduplicate_reads_a_rule_or_inactive_first_segment_and_leaves_it(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    twos, threes, first = await store(api)
+    await place_orders(
+        api, *((f"o{i}", c, "5.00", "2026-10-01T00:00:00Z") for i, c in enumerate(CUSTOMERS[:20]))
+    )
+    buyers = await make_rule_segment(
+        api, "Buyers", {"field": "orders_count", "op": "gte", "value": 1}
+    )
+    await settled(clean_db)
+    assert await member_ids(api, buyers) == set(CUSTOMERS[:20])
+    before = await snapshot(api, buyers)
+    response = await api.post(
+        "/v1/segments/deduplicate", json={"segment_ids": [buyers, twos, threes]}
+    )
+    assert response.status_code == 200, response.text
+    assert [(i["segment_id"], i["removed"]) for i in response.json()["items"]] == [
+        (buyers, 0),
+        (twos, 10),
+        (threes, 13),
+    ]
+    assert await snapshot(api, buyers) == before
+
+    # An inactive segment first is only read; an inactive manual one later loses members.
+    evens = await with_members(api, "Evens", CUSTOMERS[::2])
+    for segment_id in (first, evens):
+        assert (await api.post(f"/v1/segments/{segment_id}/deactivate")).status_code == 200
+    before = await snapshot(api, first)
+    response = await api.post("/v1/segments/deduplicate", json={"segment_ids": [first, evens]})
+    assert response.status_code == 200, response.text
+    assert [(i["segment_id"], i["removed"]) for i in response.json()["items"]] == [
+        (first, 0),
+        (evens, 10),
+    ]
+    assert await snapshot(api, first) == before
+    assert await member_ids(api, evens) == set(CUSTOMERS[20::2])
+    assert (await api.get(f"/v1/segments/{evens}")).json()["status"] == "inactive"
+
+
+@pytest.mark.asyncio
 async def test_cluster_puts_every_buyer_in_exactly_one_segment_deterministically(
     api: httpx.AsyncClient,
 ) -> None:
@@ -410,7 +451,14 @@ async def test_bad_input_is_refused_and_changes_nothing(
         ("post", "/v1/segments/compare", {"segment_ids": [twos, missing]}, 422, "/segment_ids/1"),
         ("post", "/v1/segments/compare", {"segment_ids": [twos, twos]}, 422, "/segment_ids/1"),
         ("post", "/v1/segments/deduplicate", {"segment_ids": [twos, rule]}, 409, None),
-        ("post", "/v1/segments/deduplicate", {"segment_ids": [twos, inactive]}, 409, None),
+        (
+            "post",
+            "/v1/segments/deduplicate",
+            {"segment_ids": [rule, twos, rule]},
+            422,
+            "/segment_ids/2",
+        ),
+        ("post", "/v1/segments/deduplicate", {"segment_ids": [inactive, rule]}, 409, None),
         (
             "post",
             "/v1/segments/deduplicate",

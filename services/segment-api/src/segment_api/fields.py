@@ -5,6 +5,7 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any
 
+from fastapi import Request
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -13,14 +14,34 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
+    WrapValidator,
 )
+from pydantic_core import PydanticCustomError
+
+from segment_api.problems import ProblemException
 
 
 def _no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
     return value
+
+
+async def refuse_nul_parameters(request: Request) -> None:
+    """A dependency of every route: NUL in a query or path parameter is a 422 naming it
+    (PostgreSQL cannot store NUL in text, and no parameter has a use for it)."""
+    errors = [
+        {"parameter": name.replace("\x00", "\\u0000"), "detail": "must not contain NUL characters"}
+        for name, value in [*request.path_params.items(), *request.query_params.multi_items()]
+        if isinstance(value, str) and ("\x00" in value or "\x00" in name)
+    ]
+    if errors:
+        raise ProblemException(
+            422, f"{errors[0]['parameter']}: {errors[0]['detail']}", errors=errors
+        )
 
 
 # The WHATWG "valid email address" (what browsers accept in <input type=email>), with a dot
@@ -86,12 +107,53 @@ ATTRIBUTE_VALUE_SCHEMA: dict[str, Any] = {
         {"type": "string", "maxLength": 1000, **_NO_NUL},
     ]
 }
-AttributeValue = (
+# Errors saying only "this union member does not apply to a value of that type".
+_OTHER_MEMBER = frozenset(
+    {
+        "bool_type",
+        "bool_parsing",
+        "int_type",
+        "int_parsing",
+        "int_from_float",
+        "float_type",
+        "float_parsing",
+        "string_type",
+    }
+)
+
+
+def _string_member(location: tuple[int | str, ...]) -> bool:
+    """Whether an error comes from the string member (`function-after[..., constrained-str]`)."""
+    return bool(location) and str(location[0]).endswith("-str]")
+
+
+def _one_attribute_error(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+    """One error for an invalid attribute value, at the value itself: pydantic reports one
+    per union member, each under the member's name, which is no place in the body."""
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        # A string is reported by the string member alone (a long run of digits would
+        # otherwise also be "too large" and "not finite"); anything else by the others.
+        text = isinstance(value, str)
+        reasons = list(
+            dict.fromkeys(
+                error["msg"]
+                for error in exc.errors()
+                if error["type"] not in _OTHER_MEMBER and _string_member(error["loc"]) == text
+            )
+        )
+        reason = "; ".join(reasons) or "must be a string, a number or a boolean"
+        raise PydanticCustomError("attribute_value", "{reason}", {"reason": reason}) from None
+
+
+AttributeValue = Annotated[
     StrictBool
     | Annotated[int, Field(ge=-(10**15), le=10**15)]
     | Annotated[float, Field(allow_inf_nan=False)]
-    | Annotated[str, Field(max_length=1000), AfterValidator(_no_nul)]
-)
+    | Annotated[str, Field(max_length=1000), AfterValidator(_no_nul)],
+    WrapValidator(_one_attribute_error),
+]
 
 Attributes = Annotated[
     dict[AttributeKey, AttributeValue],

@@ -5,6 +5,13 @@ Keys are scoped to the API key. A key is claimed in its own transaction before t
 runs, so a concurrent retry gets 409 instead of running twice; a 5xx answer releases the key
 so the client can retry. (A crash between the request's commit and the storing of its answer
 would let a retry run again; the window is one statement.)
+
+A claim is a lease: while the request runs, its holder renews the claim every third of
+`LEASE_SECONDS`. A claim left unanswered and unrenewed for longer was left by a holder that
+died (a killed process, a lost connection, a failure storing the answer), and the next retry
+takes it over instead of answering 409 for a day. Each claim carries a token (kept in
+`response_headers` until there is an answer), so a holder that was taken over can neither
+store its answer over the new holder's claim nor release it.
 """
 
 import asyncio
@@ -12,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import uuid
 from typing import Any
 
 from sqlalchemy import text
@@ -19,42 +27,61 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from segment_api.deps import ApiKeyCache
-from segment_api.problems import problem_response
+from segment_api.middleware import BodyTooLarge
+from segment_api.problems import database_problem, problem_response
 
 log = logging.getLogger(__name__)
 
 HEADER = b"idempotency-key"
 KEPT_HOURS = 24
 REPLAYED_HEADERS = ("content-type", "location", "etag")
+# An unanswered claim not renewed for this long was abandoned by its holder.
+LEASE_SECONDS = 60.0
 
+# Takes the key if it is free, expired (24 hours after its answer), or abandoned.
 _CLAIM = text(
     """
-    INSERT INTO idempotency_keys (api_key_id, key, method, path, request_hash)
-    VALUES (:api_key_id, :key, :method, :path, :request_hash)
+    INSERT INTO idempotency_keys
+        (api_key_id, key, method, path, request_hash, response_headers)
+    VALUES (:api_key_id, :key, :method, :path, :request_hash,
+            jsonb_build_object('claim', CAST(:token AS text)))
     ON CONFLICT (api_key_id, key) DO UPDATE
     SET method = EXCLUDED.method, path = EXCLUDED.path,
         request_hash = EXCLUDED.request_hash, status_code = NULL,
-        response_headers = NULL, response_body = NULL, created_at = now()
+        response_headers = EXCLUDED.response_headers, response_body = NULL, created_at = now()
     WHERE idempotency_keys.created_at < now() - make_interval(hours => :hours)
+       OR (idempotency_keys.status_code IS NULL
+           AND idempotency_keys.created_at < now() - make_interval(secs => :lease))
     RETURNING 1
     """
 )
+_HELD = "WHERE api_key_id = :api_key_id AND key = :key AND status_code IS NULL " + (
+    "AND response_headers ->> 'claim' = :token"
+)
+_RENEW = text("UPDATE idempotency_keys SET created_at = now() " + _HELD)
 _FIND = text(
     "SELECT request_hash, status_code, response_headers, response_body FROM idempotency_keys "
     "WHERE api_key_id = :api_key_id AND key = :key"
 )
 _STORE = text(
     "UPDATE idempotency_keys SET status_code = :status, response_headers = "
-    "CAST(:headers AS jsonb), response_body = :body "
-    "WHERE api_key_id = :api_key_id AND key = :key"
+    "CAST(:headers AS jsonb), response_body = :body, created_at = now() " + _HELD
 )
-_RELEASE = text("DELETE FROM idempotency_keys WHERE api_key_id = :api_key_id AND key = :key")
+_RELEASE = text("DELETE FROM idempotency_keys " + _HELD)
 _PURGE = text(
     "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => :hours)"
 )
 
 
+def request_digest(method: str, path: str, query: bytes, body: bytes) -> bytes:
+    """What makes two requests "the same request" for a key."""
+    return hashlib.sha256(b"%s %s?%s\n" % (method.encode(), path.encode(), query) + body).digest()
+
+
 class IdempotencyMiddleware:
+    """Runs outside Starlette's exception middleware: what fails here (a body over the limit,
+    the database gone) is answered here, with the same problem details as elsewhere."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -65,26 +92,46 @@ class IdempotencyMiddleware:
         headers = dict(scope["headers"])
         raw_key = headers.get(HEADER)
         token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")[2].strip()
-        if raw_key is None or not token:
+        if raw_key is None or not token or "\x00" in scope["path"]:
+            # (A NUL in the path cannot be stored; the request answers 422 or 404 itself.)
             await self.app(scope, receive, send)
             return
         key = raw_key.decode("latin-1")
         if not 1 <= len(key) <= 255 or not key.isprintable():
             await _header_error(scope, receive, send, "must be 1 to 255 printable characters")
             return
+        try:
+            claimed = await self._claim(scope, receive, token, key)
+        except BodyTooLarge as exc:
+            await problem_response(413, exc.detail)(scope, receive, send)
+            return
+        except Exception as exc:
+            response = database_problem(exc, scope["path"])
+            if response is None:
+                raise
+            await response(scope, receive, send)
+            return
+        if claimed is None:
+            await self.app(scope, receive, send)  # the request itself answers 401
+        elif isinstance(claimed, _Existing):
+            await _answer_existing(scope, receive, send, claimed.row, claimed.digest)
+        else:
+            await self._run_and_store(scope, send, claimed)
+
+    async def _claim(
+        self, scope: Scope, receive: Receive, token: str, key: str
+    ) -> "_Claim | _Existing | None":
+        """Claims the key (None: the API key is unknown, the request answers 401 itself)."""
         engine: AsyncEngine = scope["app"].state.engine
         cache: ApiKeyCache = scope["app"].state.api_keys
         info = await cache.lookup(engine, token)
         if info is None:
-            await self.app(scope, receive, send)  # the request itself answers 401
-            return
+            return None
         body, more = await _read_body(receive)
-        digest = hashlib.sha256(
-            b"%s %s?%s\n"
-            % (scope["method"].encode(), scope["path"].encode(), scope.get("query_string", b""))
-            + body
-        ).digest()
-        ids = {"api_key_id": info.id, "key": key}
+        digest = request_digest(
+            scope["method"], scope["path"], scope.get("query_string", b""), body
+        )
+        ids = {"api_key_id": info.id, "key": key, "token": uuid.uuid4().hex}
         async with engine.begin() as conn:
             claimed = (
                 await conn.execute(
@@ -95,32 +142,24 @@ class IdempotencyMiddleware:
                         "path": scope["path"],
                         "request_hash": digest,
                         "hours": KEPT_HOURS,
+                        "lease": LEASE_SECONDS,
                     },
                 )
             ).first()
             existing = None if claimed else (await conn.execute(_FIND, ids)).first()
         if existing is not None:
-            await _answer_existing(scope, receive, send, existing, digest)
-            return
-        await self._run_and_store(scope, body, more, send, engine, ids)
+            return _Existing(existing, digest)
+        return _Claim(engine, ids, body, more)
 
-    async def _run_and_store(
-        self,
-        scope: Scope,
-        body: bytes,
-        more: Receive | None,
-        send: Send,
-        engine: AsyncEngine,
-        ids: dict[str, Any],
-    ) -> None:
+    async def _run_and_store(self, scope: Scope, send: Send, claim: "_Claim") -> None:
         replayed = False
 
         async def replay_body() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await more() if more else {"type": "http.disconnect"}
+                return {"type": "http.request", "body": claim.body, "more_body": False}
+            return await claim.more()
 
         status = 500
         response_headers: dict[str, str] = {}
@@ -137,11 +176,16 @@ class IdempotencyMiddleware:
                 chunks.append(message.get("body", b""))
             await send(message)
 
+        renewing = asyncio.create_task(_renew(claim.engine, claim.ids), name="idempotency-lease")
         try:
             await self.app(scope, replay_body, capture)
         finally:
-            # Shielded: a client that disconnects must not leave the key claimed forever.
-            await asyncio.shield(self._finish(engine, ids, status, response_headers, chunks))
+            renewing.cancel()
+            # Shielded: a client that disconnects must not leave the key claimed. Should this
+            # fail too, the claim is no longer renewed and a retry takes it over.
+            await asyncio.shield(
+                self._finish(claim.engine, claim.ids, status, response_headers, chunks)
+            )
 
     async def _finish(
         self,
@@ -169,7 +213,38 @@ class IdempotencyMiddleware:
             log.exception("could not record an idempotent response")
 
 
-async def _read_body(receive: Receive) -> tuple[bytes, Receive | None]:
+class _Claim:
+    """A key this request holds, with the body read to hash it."""
+
+    def __init__(
+        self, engine: AsyncEngine, ids: dict[str, Any], body: bytes, more: Receive
+    ) -> None:
+        self.engine = engine
+        self.ids = ids
+        self.body = body
+        self.more = more
+
+
+class _Existing:
+    """The key's row when another request holds it or answered it."""
+
+    def __init__(self, row: Any, digest: bytes) -> None:
+        self.row = row
+        self.digest = digest
+
+
+async def _renew(engine: AsyncEngine, ids: dict[str, Any]) -> None:
+    """Keep the claim alive while the request runs; a failed renewal is retried next time."""
+    while True:
+        await asyncio.sleep(LEASE_SECONDS / 3)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(_RENEW, ids)
+        except Exception as exc:
+            log.warning("could not renew an idempotency claim", extra={"error": repr(exc)})
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, Receive]:
     parts: list[bytes] = []
     while True:
         message = await receive()

@@ -5,9 +5,10 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -15,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from segment_api.customers.router import router as customers_router
 from segment_api.deps import ApiKeyCache
 from segment_api.destinations.router import router as destinations_router
+from segment_api.fields import refuse_nul_parameters
 from segment_api.idempotency import IdempotencyMiddleware, purge_expired_keys
 from segment_api.middleware import BodyLimitMiddleware, CorrelationMiddleware
 from segment_api.orders.router import router as orders_router
-from segment_api.problems import Problem, install_problem_handlers
+from segment_api.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
 from segment_api.rules.refresher import RuleRefresher
 from segment_api.rules.router import router as rules_router
 from segment_api.rules.settings import RefreshSettings
@@ -101,6 +103,7 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
         description=DESCRIPTION,
         lifespan=lifespan,
         responses={},
+        dependencies=[Depends(refuse_nul_parameters)],
     )
     app.state.settings = settings
     app.state.api_keys = ApiKeyCache(settings.api_key_cache_seconds)
@@ -176,17 +179,68 @@ async def _ensure_bootstrap_key(engine: AsyncEngine, settings: ApiSettings) -> N
             delay = min(delay * 2, 10.0)
 
 
+IDEMPOTENCY_KEY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Retrying with the same key and body within 24 hours answers the first "
+    "response again and does nothing; with another body, 422; while the first request still "
+    "runs, 409.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+
+
+def _problem_answer(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+# Answers any operation can give, whatever its route declares (SPEC section 3: the document
+# declares every error status): 503 wherever the database is used, and on every POST what
+# the idempotency middleware answers.
+COMMON_ANSWERS = {
+    "503": _problem_answer(
+        "The database is unreachable, or a concurrent change got in the way (deadlock, "
+        "serialization failure); nothing was changed, retry after `Retry-After`"
+    )
+}
+POST_ANSWERS = {
+    "409": _problem_answer(
+        "The request conflicts with the resource's state, or a request with the same "
+        "Idempotency-Key is still in progress"
+    ),
+    "422": _problem_answer("Invalid input; `errors` names each invalid field"),
+}
+
+
+def _declare_common_answers(schema: dict[str, Any]) -> None:
+    for path, item in schema.get("paths", {}).items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in item.items():
+            answers = {**COMMON_ANSWERS, **(POST_ANSWERS if method == "post" else {})}
+            for status, answer in answers.items():
+                operation["responses"].setdefault(status, answer)
+            if method == "post":
+                operation.setdefault("parameters", []).append(IDEMPOTENCY_KEY_PARAMETER)
+
+
 def _register_problem_schema(app: FastAPI) -> None:
-    """Declare the Problem schema once under components, where every error response points."""
+    """Declare the Problem schema once under components, where every error response points,
+    the answers every operation can give, and the `Idempotency-Key` header every POST takes
+    (the middleware reads it)."""
     original = app.openapi
 
-    def openapi() -> dict[str, object]:
+    def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = original()
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components["Problem"] = Problem.model_json_schema(
                 ref_template="#/components/schemas/{model}"
             )
+            _declare_common_answers(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -17,6 +17,7 @@ Cursor = Annotated[
 
 
 T = TypeVar("T")
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 
 
 class Page(BaseModel, Generic[T]):
@@ -36,6 +37,11 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
         values = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
         raise parameter_error("cursor", "the cursor is not one this API issued") from exc
-    if not isinstance(values, list) or len(values) != arity:
+    if not isinstance(values, list) or len(values) != arity or not all(map(_fits, values)):
         raise parameter_error("cursor", "the cursor is not one this API issued")
     return values
+
+
+def _fits(value: object) -> bool:
+    """Integers in cursors are bigint keys: a forged one beyond that range cannot be bound."""
+    return not isinstance(value, int) or BIGINT_MIN <= value <= BIGINT_MAX

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # deadlock_detected, serialization_failure: the transaction was rolled back, retry is safe.
 RETRYABLE_STATES = frozenset({"40P01", "40001"})
+# character_not_in_repertoire: a NUL (or another character PostgreSQL cannot store) that got
+# past the checks on the way in. Still bad input, never a 500.
+UNSTORABLE_CHARACTER = "22021"
 PROBLEM_BASE = "https://segments.dev/problems/"
 
 _TITLES = {
@@ -133,12 +136,15 @@ def _escape(part: object) -> str:
     return str(part).replace("~", "~0").replace("/", "~1")
 
 
-def _describe(error: dict[str, Any]) -> dict[str, Any]:
+_MISSING = object()
+
+
+def _describe(error: dict[str, Any], body: Any = _MISSING) -> dict[str, Any]:
     location = list(error.get("loc", ()))
     source = location[0] if location else "body"
     message = str(error.get("msg", "invalid value"))
     if source == "body":
-        path = [part for part in location[1:] if not _is_union_tag(part)]
+        path = _body_path(location[1:], body, error.get("type") == "missing")
         return {"pointer": "".join("/" + _escape(part) for part in path), "detail": message}
     name = str(location[1]) if len(location) > 1 else ""
     if source == "header":
@@ -146,14 +152,46 @@ def _describe(error: dict[str, Any]) -> dict[str, Any]:
     return {"parameter": name, "detail": message}
 
 
+def _body_path(location: list[Any], body: Any, missing: bool) -> list[Any]:
+    """The part of pydantic's location that is a path in the body. Pydantic inserts the name
+    of each union member it tried (`bool`, `constrained-int`, a model's name, a tag); walking
+    the body tells them from keys and indexes. Without the body, only the names pydantic
+    builds (with brackets, or `function-...`) can be told apart."""
+    if body is _MISSING:
+        return [part for part in location if not _is_union_tag(part)]
+    path = []
+    node = body
+    last = len(location) - 1
+    for index, part in enumerate(location):
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not (missing and index == last):
+            continue  # the name of a union member; a missing field's name ends the pointer
+        path.append(part)
+    return path
+
+
 def _is_union_tag(part: object) -> bool:
     """Pydantic inserts the name of the union member it tried; it is not part of the body."""
     return isinstance(part, str) and ("[" in part or part.startswith("function-"))
 
 
-def validation_problem(errors: list[dict[str, Any]], instance: str | None = None) -> Response:
-    described = [_describe(error) for error in errors]
-    unique = list({repr(item): item for item in described}.values())
+def validation_problem(
+    errors: list[dict[str, Any]], instance: str | None = None, body: Any = _MISSING
+) -> Response:
+    """One entry per invalid field (SPEC section 3): errors pydantic reports for several union
+    members at one place in the body become one entry."""
+    merged: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+    for error in errors:
+        item = _describe(error, body)
+        place = tuple((name, value) for name, value in item.items() if name != "detail")
+        if place not in merged:
+            merged[place] = item
+        elif item["detail"] not in merged[place]["detail"].split(" or "):
+            merged[place]["detail"] += " or " + item["detail"]
+    unique = list(merged.values())
     detail = "; ".join(
         f"{item.get('pointer') or item.get('parameter') or item.get('header') or '/'}: "
         f"{item['detail']}"
@@ -185,7 +223,7 @@ def install_problem_handlers(app: FastAPI) -> None:
                 problem_type="malformed-json",
                 instance=request.url.path,
             )
-        return validation_problem(errors, request.url.path)
+        return validation_problem(errors, request.url.path, exc.body)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -194,46 +232,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(exc.status_code, detail, instance=request.url.path, headers=headers)
 
     @app.exception_handler(asyncpg.PostgresError)
-    async def _postgres(request: Request, exc: asyncpg.PostgresError) -> Response:
-        return await _database_error(request, exc, getattr(exc, "sqlstate", None))
-
     @app.exception_handler(DBAPIError)
-    async def _database(request: Request, exc: DBAPIError) -> Response:
-        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-        if state in RETRYABLE_STATES:
-            return await _database_error(request, exc, state)
-        if exc.connection_invalidated or isinstance(exc.orig, OSError):
-            log.warning("database connection lost", extra={"path": request.url.path})
-            return problem_response(
-                503,
-                "the database connection was lost; retry the request",
-                instance=request.url.path,
-                headers={"Retry-After": "1"},
-            )
-        return await _unexpected(request, exc)
-
-    async def _database_error(request: Request, exc: Exception, state: str | None) -> Response:
-        if state in RETRYABLE_STATES:
-            # PostgreSQL aborted this transaction to let a concurrent one finish; nothing of
-            # it was kept, and the same request will most likely succeed now.
-            log.warning("transaction aborted by a concurrent one", extra={"sqlstate": state})
-            return problem_response(
-                503,
-                "a concurrent change got in the way; nothing was changed, retry the request",
-                instance=request.url.path,
-                headers={"Retry-After": "1"},
-            )
-        return await _unexpected(request, exc)
-
     @app.exception_handler(OSError)
-    async def _unreachable(request: Request, exc: OSError) -> Response:
-        log.warning("database unreachable", extra={"path": request.url.path, "error": repr(exc)})
-        return problem_response(
-            503,
-            "the database is unreachable",
-            instance=request.url.path,
-            headers={"Retry-After": "5"},
-        )
+    async def _database(request: Request, exc: Exception) -> Response:
+        response = database_problem(exc, request.url.path)
+        return response if response is not None else await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -243,6 +246,61 @@ def install_problem_handlers(app: FastAPI) -> None:
             "an unexpected error occurred; quote the correlation id when reporting it",
             instance=request.url.path,
         )
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    else:
+        state = getattr(exc, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def unavailable_problem(exc: BaseException, instance: str | None = None) -> Response | None:
+    """The 503 for a database that is unreachable, lost, or aborted the transaction to let a
+    concurrent one finish; None for any other error."""
+    state = _sqlstate(exc) if isinstance(exc, DBAPIError | asyncpg.PostgresError) else None
+    if state in RETRYABLE_STATES:
+        # PostgreSQL aborted this transaction to let a concurrent one finish; nothing of it
+        # was kept, and the same request will most likely succeed now.
+        log.warning("transaction aborted by a concurrent one", extra={"sqlstate": state})
+        return problem_response(
+            503,
+            "a concurrent change got in the way; nothing was changed, retry the request",
+            instance=instance,
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc.orig, OSError)
+    ):
+        log.warning("database connection lost", extra={"path": instance})
+        return problem_response(
+            503,
+            "the database connection was lost; retry the request",
+            instance=instance,
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, OSError):
+        log.warning("database unreachable", extra={"path": instance, "error": repr(exc)})
+        return problem_response(
+            503, "the database is unreachable", instance=instance, headers={"Retry-After": "5"}
+        )
+    return None
+
+
+def database_problem(exc: BaseException, instance: str | None = None) -> Response | None:
+    """The answer to a database error that is not the server's fault (503 or 422), or None."""
+    if isinstance(exc, DBAPIError | asyncpg.PostgresError):
+        if _sqlstate(exc) == UNSTORABLE_CHARACTER:
+            log.warning("a value the database cannot store", extra={"path": instance})
+            return problem_response(
+                422,
+                "a value contains a character that cannot be stored (such as NUL)",
+                errors=[],
+                instance=instance,
+            )
+    return unavailable_problem(exc, instance)
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -17,6 +17,15 @@ _LOCK = """
     ORDER BY external_id
     FOR UPDATE
 """
+# KEY SHARE: an erasure (which deletes the customer) waits for this transaction, or this one
+# waits for the erasure and then no longer finds the customer. Either way the order never
+# points at a customer that is gone (no foreign-key violation, a 422 instead).
+_LOCK_CUSTOMERS = """
+    SELECT external_id, id FROM customers
+    WHERE external_id = ANY($1::text[])
+    ORDER BY id
+    FOR KEY SHARE
+"""
 _INSERT = """
     INSERT INTO orders (external_id, customer_id, total, currency, placed_at, status)
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::numeric[], $4::text[],
@@ -47,6 +56,13 @@ async def lock(conn: AsyncConnection, external_ids: list[str]) -> dict[str, int]
     driver = await driver_connection(conn)
     rows = await driver.fetch(_LOCK, external_ids)
     return {row["external_id"]: row["customer_id"] for row in rows}
+
+
+async def lock_customers(conn: AsyncConnection, external_ids: list[str]) -> dict[str, int]:
+    """The customers' ids, kept from being erased until the transaction ends."""
+    driver = await driver_connection(conn)
+    rows = await driver.fetch(_LOCK_CUSTOMERS, external_ids)
+    return {row["external_id"]: row["id"] for row in rows}
 
 
 async def upsert_many(

@@ -3,7 +3,6 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from segment_api.customers import repository as customers
 from segment_api.customers.service import duplicate_errors
 from segment_api.events import SOURCE
 from segment_api.orders import repository
@@ -81,7 +80,7 @@ async def upsert_orders(
     named = {
         given["customer_external_id"] for _, given in items if given.get("customer_external_id")
     }
-    customer_ids = await customers.ids_by_external_id(conn, sorted(named)) if named else {}
+    customer_ids = await repository.lock_customers(conn, sorted(named)) if named else {}
     existing = await repository.lock(conn, keys)
     errors = _validate(items, existing, customer_ids, store_currency, pointer)
     if errors:

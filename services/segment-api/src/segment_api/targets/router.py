@@ -96,7 +96,9 @@ async def compare(body: CompareRequest, db: Db, _: ReadKey) -> Comparison:
     summary="Remove from each manual segment the customers an earlier one holds",
     description="The list is in priority order: the first segment keeps all its members, "
     "each later one loses those any earlier one holds, so no customer is in two of them. "
-    "Answers the removed count per segment; rule and inactive segments are refused (409).",
+    "Answers the removed count per segment. The first segment is only read, so it may be a "
+    "rule segment; a rule segment later in the list is refused (409): its rule decides its "
+    "members.",
     responses=problem_responses(400, 401, 403, 409, 413, 422),
 )
 async def deduplicate(body: DeduplicateRequest, db: Db, _: WriteKey) -> DeduplicateResult:

@@ -241,19 +241,19 @@ async def compare(conn: AsyncConnection, body: CompareRequest) -> Comparison:
 
 async def deduplicate(conn: AsyncConnection, body: DeduplicateRequest) -> DeduplicateResult:
     sources = await _segments(conn, body.segment_ids, "NO KEY UPDATE")
-    conflicts = []
-    for segment_id in body.segment_ids:
-        segment = sources[segment_id]
-        if is_rule(segment["definition"]):
-            conflicts.append(
-                f"{segment['name']!r} is a rule segment (its rule decides its members)"
-            )
-        elif not segment["active"]:
-            conflicts.append(f"{segment['name']!r} is inactive")
+    # SPEC 5.2 removes from each later segment what an earlier one holds: the first is only
+    # read, so it may be any segment. A later one loses members, which a rule segment cannot
+    # (its rule decides them, and would put them back). An inactive manual segment can: it
+    # keeps its members and takes edits, as `/members/remove` does; it is only not refreshed
+    # or synced.
+    conflicts = [
+        f"{sources[segment_id]['name']!r} (/segment_ids/{index}) is a rule segment: its rule "
+        "decides its members; only the first segment of the list may be one (it is only read)"
+        for index, segment_id in enumerate(body.segment_ids)
+        if index > 0 and is_rule(sources[segment_id]["definition"])
+    ]
     if conflicts:
-        raise ProblemException(
-            409, "deduplicate works on active manual segments: " + "; ".join(conflicts)
-        )
+        raise ProblemException(409, "; ".join(conflicts))
     removed = await repository.deduplicate(conn, body.segment_ids)
     items = []
     for segment_id in body.segment_ids:
