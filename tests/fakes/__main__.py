@@ -27,8 +27,8 @@ from tests.fakes.state import FakeState
 
 API_ROOTS = {
     "mailchimp": "/3.0",
-    "sendgrid": "",
-    "klaviyo": "",
+    "sendgrid": "/v3",
+    "klaviyo": "/api",
     "commerce": "/rest/admin/v2",
     "webhook": "/",
 }

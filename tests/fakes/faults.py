@@ -26,7 +26,8 @@ class Fault:
     `retry_after_date` sends the HTTP date that many seconds after the answer. `delay` holds
     the answer for that many seconds: `after` (the default) once the request has been
     processed, so that a client timing out still changed the state, `before` while nothing
-    has happened yet. `path` is a glob over the request path (`*` also matches `/`).
+    has happened yet. `path` is a glob over the request path (`*` also matches `/`). `after`
+    lets that many matching requests through untouched first (they may meet later faults).
     """
 
     status: int | None = None
@@ -37,6 +38,7 @@ class Fault:
     count: int = 1
     method: str | None = None
     path: str | None = None
+    after: int = 0
 
     def __post_init__(self) -> None:
         if self.status is None and self.delay <= 0:
@@ -45,6 +47,8 @@ class Fault:
             raise ValueError("a fault status must be between 400 and 599")
         if self.count < 1:
             raise ValueError("count must be at least 1")
+        if self.after < 0:
+            raise ValueError("after must not be negative")
         if self.delay_when not in ("before", "after"):
             raise ValueError("delay_when must be 'before' or 'after'")
         if self.method is not None:
@@ -70,6 +74,7 @@ _FIELDS = {
     "count",
     "method",
     "path",
+    "after",
 }
 
 
@@ -89,7 +94,7 @@ def fault_from_json(data: Any) -> Fault:
     retry_after = data.get("retry_after")
     if retry_after is not None and not isinstance(retry_after, int | float | str):
         raise ValueError("retry_after is seconds or an HTTP date")
-    for name in ("status", "count"):
+    for name in ("status", "count", "after"):
         if name in data and not isinstance(data[name], int):
             raise ValueError(f"{name} must be an integer")
     for name in ("delay", "retry_after_date"):
@@ -107,6 +112,7 @@ def fault_from_json(data: Any) -> Fault:
         count=data.get("count", 1),
         method=data.get("method"),
         path=data.get("path"),
+        after=data.get("after", 0),
     )
 
 
@@ -130,6 +136,9 @@ class Faults:
         """The first pending fault matching this request, counted as used."""
         for index, fault in enumerate(self.pending):
             if fault.matches(method, path):
+                if fault.after > 0:
+                    fault.after -= 1
+                    continue
                 fault.count -= 1
                 if fault.count == 0:
                     del self.pending[index]

@@ -116,6 +116,9 @@ class KlaviyoState(FakeState):
     job_delay: float = 0.01
     burst_windows: dict[str, FixedWindow] = field(default_factory=dict)
     steady_windows: dict[str, FixedWindow] = field(default_factory=dict)
+    # Klaviyo does not promise that an import error names its profile: False leaves out the
+    # pointer and the original payload (a failure the client cannot attribute).
+    import_errors_name_profiles: bool = True
 
     tunables: ClassVar[tuple[str, ...]] = ("burst_limit", "steady_limit", "job_delay")
 
@@ -598,8 +601,9 @@ class KlaviyoFake(Vendor):
         job.status = "complete"
         job.completed_at = now_text()
 
-    @staticmethod
-    def _import_error(job: ImportJob, index: int, detail: str, item: Any) -> dict[str, Any]:
+    def _import_error(self, job: ImportJob, index: int, detail: str, item: Any) -> dict[str, Any]:
+        named = self.klaviyo.import_errors_name_profiles
+        pointer = "/data/attributes/profiles" + (f"/data/{index}" if named else "")
         return {
             "type": "import-error",
             "id": f"{job.id}-{index}",
@@ -607,8 +611,8 @@ class KlaviyoFake(Vendor):
                 "code": "invalid",
                 "title": "Invalid profile.",
                 "detail": detail,
-                "source": {"pointer": f"/data/attributes/profiles/data/{index}"},
-                "original_payload": item if isinstance(item, dict) else None,
+                "source": {"pointer": pointer},
+                "original_payload": item if named and isinstance(item, dict) else None,
             },
         }
 

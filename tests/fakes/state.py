@@ -72,8 +72,10 @@ class FakeState:
         retry_after_date: float | None = None,
         method: str | None = None,
         path: str | None = None,
+        after: int = 0,
     ) -> Fault:
-        """The next `count` matching requests answer `status` in the vendor's error shape."""
+        """The next `count` matching requests (after the first `after` of them) answer
+        `status` in the vendor's error shape."""
         return self.faults.add(
             Fault(
                 status=status,
@@ -82,6 +84,7 @@ class FakeState:
                 count=count,
                 method=method,
                 path=path,
+                after=after,
             )
         )
 
@@ -93,10 +96,19 @@ class FakeState:
         when: DelayWhen = "after",
         method: str | None = None,
         path: str | None = None,
+        after: int = 0,
     ) -> Fault:
-        """The next `count` matching requests are answered `seconds` late."""
+        """The next `count` matching requests (after the first `after` of them) are answered
+        `seconds` late."""
         return self.faults.add(
-            Fault(delay=seconds, delay_when=when, count=count, method=method, path=path)
+            Fault(
+                delay=seconds,
+                delay_when=when,
+                count=count,
+                method=method,
+                path=path,
+                after=after,
+            )
         )
 
     def reject(self, *records: str, message: str = "rejected by the fake") -> None:

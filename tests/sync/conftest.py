@@ -173,6 +173,15 @@ async def harness(
         await worker.stop()
 
 
+async def run_row(engine: AsyncEngine, run_id: str) -> Any:
+    """The run's row as the worker sees it (`attempts`, `lease_owner`, `lease_expires_at`)."""
+    async with engine.connect() as conn:
+        statement = text(
+            "SELECT *, lease_expires_at < now() AS expired FROM sync_runs WHERE id = :id"
+        )
+        return (await conn.execute(statement, {"id": run_id})).one()
+
+
 def people(count: int, *, prefix: str = "c", status: str = "subscribed") -> list[dict[str, Any]]:
     return [
         {

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from sync_worker.connectors.commerce import CAPABILITIES
 from tests.fakes import commerce
 from tests.fakes.server import serve
-from tests.sync.conftest import Harness, people
+from tests.sync.conftest import Harness, people, run_row
 
 
 @dataclass
@@ -204,3 +205,56 @@ async def test_promotion_waits_for_a_production_sync_in_progress(
     run = await harness.wait(promoted.json()["id"])
     assert sync_run["status"] == run["status"] == "succeeded", (sync_run, run)
     assert staging.included("Wait") == {"c0", "c1", "c2"}
+
+
+MEMBERSHIPS = "/rest/admin/v2/member-group-memberships"
+
+
+def assert_record_matches_the_store(store: set[str], held: set[str]) -> None:
+    """The first 250 memberships went through, spread over the round's batches, none of
+    which completed: what the store answered is recorded all the same. Only requests in
+    flight when their batch failed (at most the store's concurrency) can be at the store
+    without the worker knowing; the next sync sends them again."""
+    assert len(store) >= 250
+    assert held <= store
+    assert len(store - held) < CAPABILITIES.concurrency, len(store - held)
+
+
+@pytest.mark.asyncio
+async def test_refused_token_mid_run_fails_the_run_at_once(
+    harness: Harness, stores: tuple[Store, Store]
+) -> None:
+    """A 401 on one member request of a batch (of concurrent per-member requests) fails the
+    run at once with the store's reason, instead of leaving it to be retried."""
+    production, _ = stores
+    await harness.customers(*people(1000))
+    segment_id = await harness.segment("Revoked", [f"c{i}" for i in range(1000)])
+    destination_id = await harness.destination("commerce", production.config("production"))
+    production.state.fail_next(401, after=250, count=1_000_000, method="POST", path=MEMBERSHIPS)
+    run = await harness.sync(segment_id, destination_id)
+    assert run["status"] == "failed", run
+    assert run["error"].startswith("commerce refused the credentials (401) on add member"), run
+    assert (await run_row(harness.engine, run["id"])).attempts == 1
+    assert_record_matches_the_store(
+        production.included("Revoked"), await harness.held(segment_id, destination_id)
+    )
+    assert run["stats"]["added"] == len(await harness.held(segment_id, destination_id))
+
+
+@pytest.mark.asyncio
+async def test_retries_exhausted_mid_run_fail_the_run_with_the_reason(
+    harness: Harness, stores: tuple[Store, Store]
+) -> None:
+    production, _ = stores
+    await harness.customers(*people(1000))
+    segment_id = await harness.segment("Broken store", [f"c{i}" for i in range(1000)])
+    destination_id = await harness.destination("commerce", production.config("production"))
+    production.state.fail_next(500, after=250, count=1_000_000, method="POST", path=MEMBERSHIPS)
+    run = await harness.sync(segment_id, destination_id)
+    assert run["status"] == "failed", run
+    assert run["error"].startswith("commerce kept failing after 6 attempts: add member"), run
+    assert "HTTP 500" in run["error"]
+    assert (await run_row(harness.engine, run["id"])).attempts == 1
+    assert_record_matches_the_store(
+        production.included("Broken store"), await harness.held(segment_id, destination_id)
+    )

@@ -3,9 +3,17 @@ official OpenAPI documents: lists, bulk import jobs, relationship removals, rate
 
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from segments_shared.destinations import KlaviyoConfig
+from sync_worker.connectors import klaviyo as connector_module
+from sync_worker.connectors.base import RunContext, SyncMember
+from sync_worker.connectors.http import RetryPolicy
+from sync_worker.connectors.registry import build_connector
+from sync_worker.limiter import VendorLimiter
 from tests.fakes import klaviyo
 from tests.fakes.server import serve
 from tests.sync.conftest import Harness, people
@@ -93,3 +101,69 @@ async def test_throttling_and_import_errors(
     ]
     assert list_members(state, "Throttled") == {"c0@example.com", "c1@example.com"}
     assert state.stats.statuses[429] == 1
+
+
+@pytest.mark.asyncio
+async def test_import_failures_that_name_no_profile_fail_the_batch(
+    harness: Harness, fake: tuple[klaviyo.KlaviyoState, str]
+) -> None:
+    """The job says some profiles failed without saying which: none of the batch counts as
+    added (the next sync sends them again), rather than all of it."""
+    state, url = fake
+    state.import_errors_name_profiles = False
+    await harness.customers(*people(3))
+    segment_id = await harness.segment("Unattributed", ["c0", "c1", "c2"])
+    destination_id = await destination(harness, url)
+    state.reject("c2@example.com", message="profile refused")
+    run = await harness.sync(segment_id, destination_id)
+    assert run["status"] == "partial", run
+    assert (run["stats"]["added"], run["stats"]["failed_records"]) == (0, 3), run
+    assert {f["record"] for f in run["failed_records"]} == {f"c{i}@example.com" for i in range(3)}
+    assert "failed 1 profile(s) and did not name each one" in run["failed_records"][0]["reason"]
+    assert await harness.held(segment_id, destination_id) == set()
+
+    state.clear_faults()
+    run = await harness.sync(segment_id, destination_id)
+    assert (run["status"], run["stats"]["added"]) == ("succeeded", 3), run
+    assert list_members(state, "Unattributed") == {f"c{i}@example.com" for i in range(3)}
+
+
+@pytest.mark.asyncio
+async def test_a_batch_over_5_mb_is_imported_in_several_jobs(
+    clean_db: AsyncEngine, fake: tuple[klaviyo.KlaviyoState, str]
+) -> None:
+    """10,000 profiles (a full batch) with long names weigh more than Klaviyo's 5 MB per
+    import job (the fake answers 413 beyond it): the batch is split by size."""
+    state, url = fake
+    state.burst_limit, state.steady_limit = 1000, 100_000
+    config = KlaviyoConfig(api_key=klaviyo.DEFAULT_API_KEY, base_url=f"{url}/api")
+    limiter = VendorLimiter(clean_db)
+    connector = build_connector(
+        config,
+        RunContext(sync_id="s", segment_id="g", segment_name="Heavy"),
+        account="klaviyo-heavy",
+        timeout=httpx.Timeout(30.0),
+        policy=RetryPolicy(attempts=3, base_seconds=0.01, cap_seconds=0.1),
+        limiter=limiter,
+    )
+    members = [
+        SyncMember(
+            f"m{i:05d}@example.com",
+            f"m{i}",
+            f"m{i:05d}@example.com",
+            first_name="F" * 250,
+            last_name="L" * 250,
+        )
+        for i in range(connector_module.CAPABILITIES.batch_size)
+    ]
+    try:
+        remote = await connector.find_or_create_segment("Heavy", None)
+        result = await connector.add_members(remote, members)
+    finally:
+        await connector.aclose()
+        await limiter.aclose()
+    assert result.failed == {}
+    assert len(state.jobs) == 2
+    assert state.stats.statuses[413] == 0
+    assert list_members(state, "Heavy") == {member.key for member in members}
+    assert all(len(part) < 10_000 for part in connector_module.import_parts(members))

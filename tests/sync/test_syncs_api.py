@@ -6,8 +6,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from segment_api.syncs import repository
 from tests.sync.conftest import row_counts
 from tests.sync.test_destinations_api import VALID, problem
 
@@ -121,3 +123,52 @@ async def test_refused_promotions_write_nothing(
     problem(await api.post(path, json=body(production, staging)), 409)
     assert await row_counts(clean_db) == after_deactivate
     assert after_deactivate["sync_runs"] == before["sync_runs"] == 0
+
+
+@pytest.mark.asyncio
+async def test_a_duplicate_request_as_the_run_ends_starts_a_new_run(
+    api: httpx.AsyncClient, clean_db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second request's insert meets the queued run, which the worker finishes before
+    the request looks it up (finishing a run does not touch the segment, whose lock the
+    request holds): the request queues a new run instead of failing."""
+    segment_id = await segment(api)
+    hook = await destination(api, "webhook")
+    path = f"/v1/segments/{segment_id}/syncs"
+    first = await api.post(path, json={"destination_id": hook})
+    assert first.status_code == 202, first.text
+    first_id = first.json()["id"]
+    looked_up = 0
+    active_run_id = repository.active_run_id
+
+    async def finished_meanwhile(
+        conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID
+    ) -> uuid.UUID | None:
+        nonlocal looked_up
+        looked_up += 1
+        if looked_up == 1:
+            # The worker, on its own connection, ends the run right now.
+            async with clean_db.begin() as worker:
+                await worker.execute(
+                    text(
+                        "UPDATE sync_runs SET status = 'succeeded', finished_at = now() "
+                        "WHERE id = :id"
+                    ),
+                    {"id": first_id},
+                )
+        return await active_run_id(conn, segment_id, destination_id)
+
+    monkeypatch.setattr(repository, "active_run_id", finished_meanwhile)
+    second = await api.post(path, json={"destination_id": hook})
+    assert second.status_code == 202, second.text
+    assert looked_up == 1
+    assert second.json()["id"] != first_id
+    assert second.json()["status"] == "queued"
+    statuses = {
+        item["id"]: item["status"]
+        for item in (await api.get(path, params={"destination_id": hook})).json()["items"]
+    }
+    assert statuses == {first_id: "succeeded", second.json()["id"]: "queued"}
+    # And while that new run is queued, a third request answers it.
+    third = await api.post(path, json={"destination_id": hook})
+    assert third.json()["id"] == second.json()["id"]

@@ -53,6 +53,8 @@ STAT_NAMES = (
     "skipped_unreachable",
     "failed_records",
 )
+# The segment-api's answer (409) to a sync of an inactive segment, for a run requested before.
+INACTIVE = "the segment is inactive: activate it before syncing it"
 # A promotion waits this long between looks at a production sync still running.
 DEFER_SECONDS = 2.0
 
@@ -113,6 +115,11 @@ async def execute_run(
         target = await runs.load_target(conn, run)
     if target is None:
         return  # the segment or destination was deleted; its runs went with it
+    if not target.segment_active:
+        # Deactivated after the run was requested (SPEC section 5: an inactive segment
+        # cannot be synced); checked again on every claim, so a resumed run stops too.
+        await _finish(execution, "failed", INACTIVE)
+        return
     if run.attempts > runs.MAX_ATTEMPTS:
         await _finish(execution, "failed", f"gave up after {runs.MAX_ATTEMPTS} attempts")
         return
@@ -372,6 +379,7 @@ class Recorder:
         self._rounds: deque[tuple[Round, asyncio.Task[list[SentBatch]]]] = deque()
         self._arrived = asyncio.Event()
         self._closed = False
+        self._recording = True
 
     def add(self, sent: Round, task: "asyncio.Task[list[SentBatch]]") -> None:
         self._rounds.append((sent, task))
@@ -392,13 +400,20 @@ class Recorder:
             while self._rounds and self._rounds[0][1].done():
                 sent, done = self._rounds.popleft()
                 group.append((sent, done.result()))
-            if self.error is None:
+            # Every batch that came back is recorded, even after a batch failed (the run then
+            # fails and drops its plan: the record must show what the destination holds);
+            # the position stops at the first incomplete round.
+            if self._recording:
                 try:
-                    await _record_rounds(self.execution, group, self.streamed)
+                    await _record_rounds(
+                        self.execution, group, self.streamed, advance=self.error is None
+                    )
                 except Exception as exc:
-                    self.error = exc
-                else:
-                    self.error = _first_error(group)
+                    self._recording = False  # the lease or the database is gone
+                    if self.error is None:
+                        self.error = exc
+            if self.error is None:
+                self.error = _first_error(group)
             for _ in group:
                 self.room.release()
         if self.error is not None:
@@ -441,25 +456,38 @@ async def _send_round(
 
 
 async def _record_rounds(
-    execution: Execution, group: list[tuple[Round, list[SentBatch]]], streamed: bool
+    execution: Execution,
+    group: list[tuple[Round, list[SentBatch]]],
+    streamed: bool,
+    *,
+    advance: bool = True,
 ) -> None:
     """One transaction: what the destination now holds, the rejected records, the stats,
-    and the position after the last round whose batches all came back."""
+    and the position after the last round whose batches all came back (unless `advance` is
+    false: an earlier round is incomplete)."""
     run = execution.run
     added: list[SyncMember] = []
     removed: list[str] = []
     failures: dict[tuple[str, str], str] = {}
     remote_member_ids: dict[str, str] = {}
     through: int | None = None
-    complete = True
+    complete = advance
     for sent, results in group:
         for batch, result in results:
-            if not isinstance(result, BatchResult):
+            members = batch.members
+            if isinstance(result, BatchResult):
+                outcome = result
+            else:
                 complete = False  # sent again after a restart, or the run fails
-                continue
-            remote_member_ids.update(result.remote_member_ids)
-            failed = result.failed
-            for member in batch.members:
+                answered = result.answered if isinstance(result, ConnectorError) else None
+                if answered is None:
+                    continue
+                # What the destination answered before the batch failed is recorded too.
+                members = [m for m in batch.members if m.key in answered.keys]
+                outcome = answered.result
+            remote_member_ids.update(outcome.remote_member_ids)
+            failed = outcome.failed
+            for member in members:
                 reason = failed.get(member.key) if failed else None
                 if reason is not None:
                     failures[(batch.operation, member.key)] = reason

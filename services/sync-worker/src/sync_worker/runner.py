@@ -77,13 +77,13 @@ class SyncRunner:
     async def _claim_runs(self) -> None:
         while len(self._active) < self.settings.sync_concurrency and not self._stopping.is_set():
             run = await runs.claim_next_run(
-                self.engine, self.worker, self.settings.sync_lease_seconds
+                self.engine, self.worker, self.settings.sync_lease_seconds, self._active
             )
             if run is None:
                 return
             if run.id in self._active:
                 # Our own run, whose lease ran out before a renewal got through: the claim
-                # renewed it; the run carries on where it is.
+                # renewed it (without counting an attempt); the run carries on where it is.
                 continue
             task = asyncio.create_task(self._carry_out(run), name=f"sync-{run.id}")
             self._active[run.id] = task
@@ -114,10 +114,13 @@ class SyncRunner:
             RUNS_ENDED.labels("deferred").inc()
             log.info("sync run deferred", extra={"sync_id": str(run.id), "reason": str(exc)})
             await runs.defer_run(self.engine, run.id, self.worker, DEFER_SECONDS)
-        except (Interrupted, runs.LeaseLost):
+        except (Interrupted, runs.LeaseLost) as exc:
             RUNS_ENDED.labels("handed_over").inc()
-            log.info("sync run handed over", extra={"sync_id": str(run.id)})
-            await runs.release_lease(self.engine, run.id, self.worker)
+            # Stopping (SIGTERM) is a graceful hand-over, which does not count as an
+            # attempt; a lease lost to another worker was counted by its claim.
+            graceful = isinstance(exc, Interrupted) and run.id not in self._lost
+            log.info("sync run handed over", extra={"sync_id": str(run.id), "graceful": graceful})
+            await runs.release_lease(self.engine, run.id, self.worker, graceful=graceful)
         except Exception:
             # Unexpected: leave the run to be resumed when its lease expires.
             RUNS_ENDED.labels("error").inc()

@@ -3,6 +3,7 @@ run outlives the broker's consumer timeout and a dead worker's run is resumed by
 
 import json
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import text
@@ -22,10 +23,16 @@ _CLAIM = text(
     UPDATE sync_runs r
     SET status = 'running', lease_owner = :worker,
         lease_expires_at = now() + make_interval(secs => :lease),
-        started_at = coalesce(r.started_at, now()), attempts = r.attempts + 1
+        started_at = coalesce(r.started_at, now()),
+        -- A worker taking back, under its own lease, a run it is still carrying out (its
+        -- renewal came late) is not a new attempt.
+        attempts = r.attempts + CASE WHEN r.id = ANY(:ours) THEN 0 ELSE 1 END
     WHERE r.id = (
         SELECT id FROM sync_runs
-        WHERE status = 'queued' OR (status = 'running' AND lease_expires_at < now())
+        WHERE (status = 'queued' OR (status = 'running' AND lease_expires_at < now()))
+          -- One of ours that another worker took over is claimed (and counted) only once
+          -- our task, which lost it, has ended.
+          AND NOT (id = ANY(:ours) AND lease_owner IS DISTINCT FROM :worker)
         ORDER BY requested_at
         LIMIT 1
         FOR UPDATE SKIP LOCKED
@@ -39,9 +46,15 @@ _DELIVERY_SYNCING = text(
 )
 
 
-async def claim_next_run(engine: AsyncEngine, worker: str, lease: float) -> AnyRow | None:
+async def claim_next_run(
+    engine: AsyncEngine, worker: str, lease: float, ours: Collection[uuid.UUID] = ()
+) -> AnyRow | None:
+    """Claim the oldest queued run, or one whose lease expired. Each claim counts as an
+    attempt (a crash is a failed delivery), except taking back a run of `ours` (the runs
+    this worker is carrying out) whose lease is still this worker's."""
     async with engine.begin() as conn:
-        run = (await conn.execute(_CLAIM, {"worker": worker, "lease": lease})).first()
+        params = {"worker": worker, "lease": lease, "ours": list(ours)}
+        run = (await conn.execute(_CLAIM, params)).first()
         if run is not None:
             await conn.execute(
                 _DELIVERY_SYNCING,
@@ -66,15 +79,21 @@ async def renew_lease(engine: AsyncEngine, run_id: uuid.UUID, worker: str, lease
         return bool(result.rowcount)
 
 
-async def release_lease(engine: AsyncEngine, run_id: uuid.UUID, worker: str) -> None:
-    """Hand the run back at once (graceful stop): another worker resumes it."""
+async def release_lease(
+    engine: AsyncEngine, run_id: uuid.UUID, worker: str, *, graceful: bool
+) -> None:
+    """Hand the run back at once: another worker resumes it. A graceful hand-over (the
+    worker stopping) is not a failed attempt (SPEC: worker restarts must not count), so
+    its claim is taken back; a run whose lease expired (a crash) keeps the count."""
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "UPDATE sync_runs SET lease_expires_at = now() - interval '1 second' "
+                "UPDATE sync_runs SET lease_expires_at = now() - interval '1 second', "
+                "attempts = CASE WHEN :graceful THEN greatest(attempts - 1, 0) "
+                "ELSE attempts END "
                 "WHERE id = :id AND lease_owner = :worker AND status = 'running'"
             ),
-            {"id": run_id, "worker": worker},
+            {"id": run_id, "worker": worker, "graceful": graceful},
         )
 
 
@@ -186,10 +205,12 @@ async def finish_run(
 
 
 async def load_target(conn: AsyncConnection, run: AnyRow) -> AnyRow | None:
-    """The run's segment and destination, and what we remember of the remote segment."""
+    """The run's segment (its name, whether it is active) and destination, and what we
+    remember of the remote segment."""
     statement = text(
         """
-        SELECT s.name AS segment_name, d.type, d.config, d.secrets, d.account_key,
+        SELECT s.name AS segment_name, s.active AS segment_active, d.type, d.config,
+               d.secrets, d.account_key,
                ds.remote_id, ds.remote_name
         FROM segments s
         JOIN destinations d ON d.id = :destination_id

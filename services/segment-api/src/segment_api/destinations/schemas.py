@@ -11,7 +11,7 @@ CONFIG_DESCRIPTION = (
     "By type: mailchimp `api_key`, `list_id`; sendgrid `api_key`; klaviyo `api_key`, "
     "`revision`; webhook `url`, `secret`; commerce `environment`, `store_id`, `token`, "
     "`export_mode`, `naming`, `report_name`. Every type takes `base_url`. See "
-    "docs/destinations.md."
+    "docs/sync.md."
 )
 
 

@@ -88,6 +88,11 @@ async def _active_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> AnyRo
     return segment
 
 
+# Inserts tried while the pair's active run keeps finishing under our feet (each try that
+# fails saw a run end, so more than one is already rare).
+QUEUE_TRIES = 5
+
+
 async def _queue(
     conn: AsyncConnection,
     segment_id: uuid.UUID,
@@ -97,20 +102,27 @@ async def _queue(
     source_id: uuid.UUID | None = None,
 ) -> SyncRun:
     """Queue a run, or answer the one already queued or running for this pair."""
-    run_id = await repository.insert_run(
-        conn,
-        {
-            "kind": kind,
-            "segment_id": segment_id,
-            "destination_id": destination_id,
-            "source_destination_id": source_id,
-            "correlation_id": current_correlation_id(),
-        },
-    )
-    if run_id is None:
+    values = {
+        "kind": kind,
+        "segment_id": segment_id,
+        "destination_id": destination_id,
+        "source_destination_id": source_id,
+        "correlation_id": current_correlation_id(),
+    }
+    for _ in range(QUEUE_TRIES):
+        run_id = await repository.insert_run(conn, values)
+        if run_id is not None:
+            break
+        # The insert met a queued or running run. The worker can finish it before we look
+        # it up (finishing a run does not touch the segment, so the segment's lock does not
+        # hold it back): then the pair is free, and the next insert queues a new run.
         existing = await repository.active_run_id(conn, segment_id, destination_id)
-        assert existing is not None  # the segment lock keeps it from finishing meanwhile
-        return await get_run(conn, existing)
+        if existing is not None:
+            return await get_run(conn, existing)
+    else:
+        raise ProblemException(
+            409, "runs of this segment and destination keep starting and ending: try again"
+        )
     await repository.mark_delivery_queued(conn, segment_id, destination_id, run_id)
     await add_event(
         conn,

@@ -79,8 +79,20 @@ class RunContext:
     checkpoint: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Answered:
+    """What a batch that failed as a whole got done before the failure, when the connector
+    knows it (commerce sends one request per member): the keys of the members the
+    destination answered, and its result for them."""
+
+    keys: frozenset[str]
+    result: BatchResult
+
+
 class ConnectorError(Exception):
-    """A failure that ends the run."""
+    """A failure that ends the run. `answered`, when set, is recorded all the same."""
+
+    answered: Answered | None = None
 
 
 class AuthenticationFailed(ConnectorError):

@@ -8,7 +8,7 @@ members); with `naming: timestamped` every run creates a new group named
 "<report_name> - <segment name> - <YYYY-MM-DD> - <HHMMSS>" (UTC)."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -17,6 +17,8 @@ import httpx
 
 from segments_shared.destinations import CommerceConfig
 from sync_worker.connectors.base import (
+    Answered,
+    AuthenticationFailed,
     BatchResult,
     Capabilities,
     ConnectorError,
@@ -42,6 +44,24 @@ def error_text(response: httpx.Response) -> str:
     except (ValueError, AttributeError):
         messages = ""
     return f"HTTP {response.status_code}: {messages or response.text[:200]}"
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
+def run_failure(failures: ExceptionGroup[Exception]) -> Exception:
+    """The error a failed task group stands for: a refused credential first, then any other
+    connector error; anything else stays the group (unexpected: the run is resumed)."""
+    for kind in (AuthenticationFailed, ConnectorError):
+        for error in _leaves(failures):
+            if isinstance(error, kind):
+                return error
+    return failures
 
 
 def timestamped_name(report_name: str, segment_name: str, now: datetime) -> str:
@@ -120,17 +140,40 @@ class CommerceConnector:
                 return
 
     async def add_members(self, remote: RemoteSegment, members: list[SyncMember]) -> BatchResult:
-        result = BatchResult()
-        async with asyncio.TaskGroup() as group:
-            for member in members:
-                group.create_task(self._add(remote, member, result))
-        return result
+        return await self._each(remote, members, self._add)
 
     async def remove_members(self, remote: RemoteSegment, members: list[SyncMember]) -> BatchResult:
+        return await self._each(remote, members, self._remove)
+
+    async def _each(
+        self,
+        remote: RemoteSegment,
+        members: list[SyncMember],
+        call: Callable[[RemoteSegment, SyncMember, BatchResult], Coroutine[Any, Any, None]],
+    ) -> BatchResult:
+        """One request per member, all at once (the limiter holds them to the vendor's
+        concurrency). A request that fails the run (401 or 403, retries exhausted) cancels
+        the others and is raised as itself, not inside the task group's ExceptionGroup, so
+        that the run fails at once with the vendor's reason; it carries what the store
+        answered before."""
         result = BatchResult()
-        async with asyncio.TaskGroup() as group:
-            for member in members:
-                group.create_task(self._remove(remote, member, result))
+        tasks: dict[str, asyncio.Task[None]] = {}
+        try:
+            async with asyncio.TaskGroup() as group:
+                for member in members:
+                    tasks[member.key] = group.create_task(call(remote, member, result))
+        except ExceptionGroup as failures:
+            error = run_failure(failures)
+            if isinstance(error, ConnectorError):
+                # The members the store answered before the failure are recorded: the
+                # record must hold what the store holds.
+                answered = (
+                    key
+                    for key, task in tasks.items()
+                    if task.done() and not task.cancelled() and task.exception() is None
+                )
+                error.answered = Answered(frozenset(answered), result)
+            raise error from failures
         return result
 
     async def aclose(self) -> None:

@@ -2,8 +2,8 @@
 
 429, 5xx and timeouts are retried with full-jitter exponential backoff,
 `sleep = random(0, min(cap, base * 2 ** attempt))`, preferring the vendor's own wait
-(`Retry-After` in seconds or as an HTTP date, or a reset time), which a 429 also shares with
-every replica through the limiter. 401 and 403 end the run.
+(`Retry-After` in seconds or as an HTTP date, or on a 429 SendGrid's reset time), which a 429
+also shares with every replica through the limiter. 401 and 403 end the run.
 """
 
 import asyncio
@@ -54,12 +54,15 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 
 def vendor_wait(response: httpx.Response) -> float | None:
-    """How long the vendor asks us to wait, from `Retry-After` or a reset header."""
+    """How long the vendor asks us to wait: `Retry-After`, or, on a 429 only, SendGrid's
+    reset time. SendGrid sends `X-RateLimit-Reset` on every answer: on a 5xx it says when
+    the rate window resets, not when the server will be well again, so a 5xx without
+    `Retry-After` backs off (DESTINATIONS.md, general rules)."""
     wait = retry_after_seconds(response.headers.get("retry-after"))
     if wait is not None:
         return wait
     reset = response.headers.get("x-ratelimit-reset")
-    if reset and reset.strip().isdigit():
+    if response.status_code == 429 and reset and reset.strip().isdigit():
         # SendGrid: epoch seconds at which the window resets.
         return max(0.0, float(reset) - time.time())
     return None

@@ -1,9 +1,9 @@
 """Klaviyo (DESTINATIONS.md, official OpenAPI documents): a segment is a list. Additions are
-bulk profile import jobs that also put the profiles on the list (polled to their end; their
-import errors name the rejected profiles); removals look the profiles' ids up by email and
-delete the list relationships, 1,000 at most per call. Imports carry no subscription, so a
-profile's consent stays as Klaviyo has it. Every call counts against the account's burst
-(10/s) and steady (150/min) windows."""
+bulk profile import jobs of at most 10,000 profiles and 5 MB that also put the profiles on
+the list (polled to their end; their import errors name the rejected profiles); removals
+look the profiles' ids up by email and delete the list relationships, 1,000 at most per
+call. Imports carry no subscription, so a profile's consent stays as Klaviyo has it. Every
+call counts against the account's burst (10/s) and steady (150/min) windows."""
 
 import json
 import re
@@ -32,6 +32,10 @@ CAPABILITIES = Capabilities(
     concurrency=3,
     rate_windows=(RateWindow(10, 1.0), RateWindow(150, 60.0)),
 )
+# Klaviyo's limit per bulk import job (5 MB, counted here in decimal bytes to be safe), and
+# room for the job's document around the profiles.
+MAX_IMPORT_BYTES = 5_000_000
+IMPORT_ENVELOPE_BYTES = 2_000
 JSON_API = "application/vnd.api+json"
 LOOKUP_PAGE = 100
 FINISHED = ("complete", "cancelled", "failed")
@@ -50,6 +54,29 @@ def error_text(response: httpx.Response) -> str:
 def quoted(value: str) -> str:
     """A string literal of Klaviyo's filter syntax."""
     return json.dumps(value, ensure_ascii=False)
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes of `value` as `VendorHttp` encodes a JSON body."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def import_parts(members: list[SyncMember]) -> list[list[SyncMember]]:
+    """A batch split into import jobs of at most `batch_size` profiles and
+    `MAX_IMPORT_BYTES` encoded (long names and addresses reach 5 MB before 10,000)."""
+    parts: list[list[SyncMember]] = []
+    part: list[SyncMember] = []
+    size = IMPORT_ENVELOPE_BYTES
+    for member in members:
+        each = encoded_size(profile(member)) + 1  # and its comma
+        if part and (len(part) == CAPABILITIES.batch_size or size + each > MAX_IMPORT_BYTES):
+            parts.append(part)
+            part, size = [], IMPORT_ENVELOPE_BYTES
+        part.append(member)
+        size += each
+    if part:
+        parts.append(part)
+    return parts
 
 
 def profile(member: SyncMember) -> dict[str, Any]:
@@ -125,6 +152,13 @@ class KlaviyoConnector:
             path, params = (body.get("links") or {}).get("next"), None
 
     async def add_members(self, remote: RemoteSegment, members: list[SyncMember]) -> BatchResult:
+        result = BatchResult()
+        for part in import_parts(members):
+            result.failed.update(await self._import(remote, part))
+        return result
+
+    async def _import(self, remote: RemoteSegment, members: list[SyncMember]) -> dict[str, str]:
+        """One bulk import job; the members it failed, with Klaviyo's reasons."""
         response = await self.http.request(
             "POST",
             "/profile-bulk-import-jobs",
@@ -140,15 +174,26 @@ class KlaviyoConnector:
         if response.status_code == 404:
             raise ConnectorError(f"Klaviyo list {remote.id} no longer exists")
         if response.status_code != 202:
-            return failed_all(members, error_text(response))
+            return failed_all(members, error_text(response)).failed
         job_id = response.json()["data"]["id"]
         job = await self._finish_job(job_id)
         status = job["attributes"].get("status")
         if status != "complete":
-            return failed_all(members, f"Klaviyo import job {job_id} ended {status}")
-        if not job["attributes"].get("failed_count"):
-            return BatchResult()
-        return BatchResult(failed=await self._import_errors(job_id, members))
+            return failed_all(members, f"Klaviyo import job {job_id} ended {status}").failed
+        failed_count = int(job["attributes"].get("failed_count") or 0)
+        if not failed_count:
+            return {}
+        failed, unattributed = await self._import_errors(job_id, members)
+        if unattributed or len(failed) < failed_count:
+            # Some failures name no profile of ours: which members the job left out is
+            # unknown, so none of the others counts as added (the next sync sends them
+            # again, which is harmless; recording someone as held who is not is not).
+            reason = (
+                f"Klaviyo import job {job_id} failed {failed_count} profile(s) and did not "
+                "name each one"
+            )
+            failed.update({m.key: reason for m in members if m.key not in failed})
+        return failed
 
     async def remove_members(self, remote: RemoteSegment, members: list[SyncMember]) -> BatchResult:
         ids: list[str] = []
@@ -200,8 +245,14 @@ class KlaviyoConnector:
             first_wait=0.2,
         )
 
-    async def _import_errors(self, job_id: str, members: list[SyncMember]) -> dict[str, str]:
+    async def _import_errors(
+        self, job_id: str, members: list[SyncMember]
+    ) -> tuple[dict[str, str], int]:
+        """The members the job's errors name, with the reasons, and how many errors named
+        none of them."""
         failed: dict[str, str] = {}
+        unattributed = 0
+        keys = {member.key for member in members}
         path: str | None = f"/profile-bulk-import-jobs/{quote(job_id, safe='')}/import-errors"
         params: dict[str, str | int] | None = {"page[size]": 100}
         while path is not None:
@@ -213,10 +264,12 @@ class KlaviyoConnector:
             for error in body.get("data", []):
                 attributes = error.get("attributes") or {}
                 key = self._rejected_key(attributes, members)
-                if key is not None:
+                if key in keys:
                     failed[key] = str(attributes.get("detail") or attributes.get("title"))
+                else:
+                    unattributed += 1
             path, params = (body.get("links") or {}).get("next"), None
-        return failed
+        return failed, unattributed
 
     @staticmethod
     def _rejected_key(attributes: dict[str, Any], members: list[SyncMember]) -> str | None:

@@ -74,8 +74,11 @@ class WebhookConnector:
     async def _post(
         self, remote: RemoteSegment, *, added: list[SyncMember], removed: list[SyncMember]
     ) -> BatchResult:
-        # Numbered before the first await, so batches sent at once get distinct numbers; a
-        # round sent again after a restart reuses its numbers (the checkpoint holds the count).
+        # Numbered before the first await, so batches sent at once get distinct numbers.
+        # The count is checkpointed with each recorded round, which holds the numbers of
+        # every batch sent by then, recorded or not: a round sent again after a restart gets
+        # new numbers, and a number sent just before a crash can come again on other
+        # members. Receivers apply batches idempotently and never deduplicate by number.
         batch = int(self.context.checkpoint.get("webhook_batch", 0)) + 1
         self.context.checkpoint["webhook_batch"] = batch
         body = json.dumps(
