@@ -23,6 +23,7 @@ from segments_shared.bus.topology import Topology, declare_all, declare_events_e
 from segments_shared.config import DatabaseSettings
 from segments_shared.db.engine import create_engine
 from segments_shared.events import CustomerChanged, CustomerIds, event_json
+from segments_shared.lifecycle import freeze_startup_objects
 
 
 def sample_events(count: int) -> list[CustomerChanged]:
@@ -107,6 +108,8 @@ async def relay_rate(url: str, prefix: str, events: list[CustomerChanged], batch
 
 
 async def main(events_count: int, in_flight: int, rounds: int) -> None:
+    # The collector settings segment-api runs its relay with; both sides share this process.
+    freeze_startup_objects()
     url = await fresh_database("segments_bench_relay")
     prefix = bench_prefix()
     connection = await aio_pika.connect(AMQP_URL)

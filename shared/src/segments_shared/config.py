@@ -19,7 +19,7 @@ class DatabaseSettings(SegmentsSettings):
     database_url: str = DEFAULT_DATABASE_URL
     # Overflow connections are closed when returned: size the pool for the usual load, so
     # connections are not opened and closed under it.
-    database_pool_size: int = 30
+    database_pool_size: int = 40
     database_pool_overflow: int = 10
     database_pool_timeout: float = 10.0
     database_command_timeout: float = 60.0

@@ -39,6 +39,7 @@ from segments_shared.health import (
     flag_check,
     health_routes,
 )
+from segments_shared.lifecycle import freeze_startup_objects
 from segments_shared.observability import configure_logging
 from segments_shared.secrets import SecretBox
 
@@ -84,6 +85,7 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
         await asyncio.wait({bootstrap_task}, timeout=5)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(refresher.first_pass.wait(), 5)
+        freeze_startup_objects()
         try:
             yield
         finally:
