@@ -30,6 +30,7 @@ from bench.sync_setup import (
 )
 from segments_shared.config import DatabaseSettings
 from segments_shared.db.engine import asyncpg_dsn, create_engine
+from segments_shared.lifecycle import freeze_startup_objects
 
 DATABASE = "segments_bench_sync_incremental"
 
@@ -101,6 +102,8 @@ async def timed(url: str, statement: str, *args: object) -> float:
 
 
 async def main(changes: int) -> None:
+    # The collector settings the sync-worker runs with; both sides share this process.
+    freeze_startup_objects()
     print(f"load before: {await load()}")
     url, segment_id = await reachable_store(DATABASE)
     engine = create_engine(DatabaseSettings(database_url=url), pool_size=2)

@@ -36,6 +36,7 @@ from bench.sync_setup import (
 )
 from segments_shared.config import DatabaseSettings
 from segments_shared.db.engine import create_engine
+from segments_shared.lifecycle import freeze_startup_objects
 
 DATABASE = "segments_bench_sync_throughput"
 
@@ -97,6 +98,8 @@ async def bare_client(members: int) -> float:
 
 
 async def main(skip_bare: bool, every: int) -> None:
+    # The collector settings the sync-worker runs with; both sides share this process.
+    freeze_startup_objects()
     print(f"load before: {await load()}")
     prepared = time.perf_counter()
     url, segment_id = await reachable_store(DATABASE, every)
