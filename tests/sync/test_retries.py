@@ -9,8 +9,12 @@ from email.utils import formatdate
 import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import Receive, Scope, Send
 
-from sync_worker.connectors.http import vendor_wait
+from sync_worker.connectors import sendgrid as sendgrid_module
+from sync_worker.connectors.http import RetryPolicy, VendorHttp, vendor_wait
+from sync_worker.limiter import VendorLimiter
 from tests.fakes import sendgrid
 from tests.fakes.server import serve
 from tests.sync.conftest import Harness, people
@@ -66,3 +70,40 @@ async def test_a_sendgrid_5xx_backs_off_instead_of_waiting_for_the_window(
     cap = harness.worker.runner.policy.cap_seconds  # 0.2 s in these tests
     waits = [float(getattr(r, "wait_s", -1)) for r in retried]
     assert all(0 <= wait <= cap for wait in waits), waits
+
+
+@pytest.mark.asyncio
+async def test_credentials_go_only_to_the_vendors_own_origin(clean_db: AsyncEngine) -> None:
+    """A vendor's links (SendGrid's export files, its error reports) may point at other
+    storage: the API key is sent to the API root's origin only."""
+    seen: list[dict[str, str]] = []
+
+    async def recorder(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    limiter = VendorLimiter(clean_db)
+    async with serve(recorder) as api, serve(recorder) as storage:
+        client = VendorHttp(
+            "sendgrid",
+            httpx.Timeout(10.0),
+            RetryPolicy(attempts=1),
+            limiter,
+            "sendgrid-origin-test",
+            sendgrid_module.CAPABILITIES,
+            base_url=f"{api}/v3",
+            headers={"Authorization": "Bearer SG.secret"},
+        )
+        try:
+            await client.request("GET", "/marketing/lists", describe="lists")
+            await client.request("GET", f"{api}/v3/exports/1", describe="same origin")
+            await client.request("GET", f"{storage}/exports/1.csv", describe="export file")
+        finally:
+            await client.aclose()
+            await limiter.aclose()
+    assert [headers.get("authorization") for headers in seen] == [
+        "Bearer SG.secret",
+        "Bearer SG.secret",
+        None,
+    ]

@@ -114,6 +114,12 @@ class VendorHttp:
     def url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else self.base_url + path
 
+    def _own_origin(self, url: str) -> bool:
+        """Credentials go only to the vendor's API: a link it hands out (an export's file,
+        an error report) may point at other storage, which must not see the key."""
+        target, own = httpx.URL(url), httpx.URL(self.base_url)
+        return (target.scheme, target.host, target.port) == (own.scheme, own.host, own.port)
+
     async def request(
         self,
         method: str,
@@ -130,13 +136,16 @@ class VendorHttp:
         The body is `json_body` (encoded here), `json_text` (JSON already encoded) or raw
         `content`; `sign` adds headers computed afresh for every attempt (webhook signatures)."""
         body = content
-        base_headers = self.headers
+        url = self.url(path)
+        own = self._own_origin(url)
+        vendor_headers = self.headers if own else {}
+        auth = self.auth if own else None
+        base_headers = vendor_headers
         if json_body is not None:
             json_text = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode()
         if json_text is not None:
             body = json_text
-            base_headers = {"Content-Type": "application/json", **self.headers}
-        url = self.url(path)
+            base_headers = {"Content-Type": "application/json", **vendor_headers}
 
         async def attempt() -> httpx.Response:
             headers = dict(base_headers)
@@ -144,7 +153,7 @@ class VendorHttp:
                 headers.update(sign(body or b""))
             async with self.limiter.request(self.account, self.capabilities):
                 return await self.client.request(
-                    method, url, content=body, params=params, headers=headers, auth=self.auth
+                    method, url, content=body, params=params, headers=headers, auth=auth
                 )
 
         return await send(self.vendor, attempt, self.policy, describe=describe, pause=self._pause)
