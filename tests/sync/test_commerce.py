@@ -258,3 +258,25 @@ async def test_retries_exhausted_mid_run_fail_the_run_with_the_reason(
     assert_record_matches_the_store(
         production.included("Broken store"), await harness.held(segment_id, destination_id)
     )
+
+
+@pytest.mark.asyncio
+async def test_promotion_after_a_failed_production_sync_is_refused(
+    harness: Harness, stores: tuple[Store, Store]
+) -> None:
+    production, staging = stores
+    await harness.customers(*people(3))
+    segment_id = await harness.segment("Failed first", ["c0"])
+    production_id = await harness.destination("commerce", production.config("production"))
+    staging_id = await harness.destination("commerce", staging.config("staging"))
+    assert (await harness.sync(segment_id, production_id))["status"] == "succeeded"
+    await harness.add(segment_id, ["c1", "c2"])
+    production.state.fail_next(401, count=1_000_000, method="POST", path=MEMBERSHIPS)
+    assert (await harness.sync(segment_id, production_id))["status"] == "failed"
+    refused = await harness.api.post(
+        f"/v1/segments/{segment_id}/promotions",
+        json={"from_destination_id": production_id, "to_destination_id": staging_id},
+    )
+    assert refused.status_code == 409, refused.text
+    assert "last sync of this segment failed" in refused.json()["detail"]
+    assert staging.state.groups == {}

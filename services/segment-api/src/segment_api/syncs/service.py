@@ -199,6 +199,15 @@ async def request_promotion(
             "the production destination has no successful sync of this segment yet: "
             "sync it there first",
         )
+    latest = await repository.latest_run(conn, segment_id, body.from_destination_id)
+    if latest is not None and latest.status == "failed":
+        # What production holds after a failed run is not the result of a successful sync;
+        # a queued or running one is waited for by the worker instead.
+        raise ProblemException(
+            409,
+            "the production destination's last sync of this segment failed, so what it "
+            "holds is not the result of a successful sync: sync it again, then promote",
+        )
     return await _queue(
         conn,
         segment_id,
