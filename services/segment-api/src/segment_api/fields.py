@@ -55,7 +55,12 @@ EMAIL_PATTERN = (
 _EMAIL = re.compile(EMAIL_PATTERN)
 
 
+MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a path, which SMTP servers enforce
+
+
 def _email(value: str) -> str:
+    if len(value) > MAX_EMAIL_LENGTH:
+        raise ValueError(f"an email address has at most {MAX_EMAIL_LENGTH} characters")
     if not _EMAIL.fullmatch(value):
         raise ValueError("not a valid email address")
     return value.lower()
@@ -74,7 +79,12 @@ Email = Annotated[
     str,
     AfterValidator(_email),
     WithJsonSchema(
-        {"type": "string", "format": "email", "maxLength": 254, "pattern": EMAIL_PATTERN}
+        {
+            "type": "string",
+            "format": "email",
+            "maxLength": MAX_EMAIL_LENGTH,
+            "pattern": EMAIL_PATTERN,
+        }
     ),
 ]
 # pydantic bounds years to 1..9999, inside PostgreSQL's range; naive times are refused.
