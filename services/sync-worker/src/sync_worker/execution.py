@@ -352,9 +352,12 @@ async def _send_plan(execution: Execution, connector: Connector, remote: RemoteS
             await recorder.room.acquire()
             if recorder.error is not None:
                 break
-            batches = _batches(capabilities, current)
             recorder.add(
-                current, asyncio.create_task(_send_round(connector, remote, batches, sending))
+                current,
+                [
+                    asyncio.create_task(_send_batch(connector, remote, batch, sending))
+                    for batch in _batches(capabilities, current)
+                ],
             )
             current = await read(current.last)
     finally:
@@ -363,11 +366,21 @@ async def _send_plan(execution: Execution, connector: Connector, remote: RemoteS
         await recording
 
 
+@dataclass
+class Flight:
+    """A round being sent: its batches still out, and those back but not yet recorded."""
+
+    round: Round
+    out: list["asyncio.Task[SentBatch]"]
+    failed: bool = False
+
+
 class Recorder:
-    """Records sent rounds in order, in one transaction for every round already back when
-    the previous transaction ends: when the database is the slower side, its commits grow
-    instead of holding the sending back. At most `ROUNDS_AHEAD` rounds are sent and not yet
-    recorded (what a restart would send again)."""
+    """Records each batch once it is back, in one transaction for every batch back when the
+    previous transaction ends (when the database is the slower side its commits grow instead
+    of holding the sending back). The position moves past a round once all its batches are
+    recorded and none failed as a whole; at most `ROUNDS_AHEAD` rounds are out at once, so a
+    restart sends again at most the batches that were in flight."""
 
     ROUNDS_AHEAD = 4
 
@@ -376,13 +389,16 @@ class Recorder:
         self.streamed = streamed
         self.room = asyncio.Semaphore(self.ROUNDS_AHEAD)
         self.error: BaseException | None = None
-        self._rounds: deque[tuple[Round, asyncio.Task[list[SentBatch]]]] = deque()
+        self._flights: deque[Flight] = deque()
         self._arrived = asyncio.Event()
         self._closed = False
         self._recording = True
+        # After a batch failed as a whole the position stays (its members are sent again by
+        # whoever resumes the run, if it is resumed).
+        self._advancing = True
 
-    def add(self, sent: Round, task: "asyncio.Task[list[SentBatch]]") -> None:
-        self._rounds.append((sent, task))
+    def add(self, sent: Round, batches: "list[asyncio.Task[SentBatch]]") -> None:
+        self._flights.append(Flight(sent, list(batches)))
         self._arrived.set()
 
     def close(self) -> None:
@@ -390,42 +406,56 @@ class Recorder:
         self._arrived.set()
 
     async def run(self) -> None:
-        while self._rounds or not self._closed:
-            if not self._rounds:
-                self._arrived.clear()
-                await self._arrived.wait()
+        while self._flights or not self._closed:
+            self._arrived.clear()
+            sent: list[SentBatch] = []
+            for flight in self._flights:
+                for task in [task for task in flight.out if task.done()]:
+                    flight.out.remove(task)
+                    batch, result = task.result()
+                    flight.failed = flight.failed or isinstance(result, BaseException)
+                    sent.append((batch, result))
+            through = self._landed()
+            if not sent and through is None:
+                out = [task for flight in self._flights for task in flight.out]
+                arrival = asyncio.ensure_future(self._arrived.wait())
+                try:
+                    await asyncio.wait([*out, arrival], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    arrival.cancel()
                 continue
-            first, task = self._rounds.popleft()
-            group = [(first, await task)]
-            while self._rounds and self._rounds[0][1].done():
-                sent, done = self._rounds.popleft()
-                group.append((sent, done.result()))
             # Every batch that came back is recorded, even after a batch failed (the run then
-            # fails and drops its plan: the record must show what the destination holds);
-            # the position stops at the first incomplete round.
+            # fails and drops its plan: the record must show what the destination holds).
             if self._recording:
                 try:
-                    await _record_rounds(
-                        self.execution, group, self.streamed, advance=self.error is None
-                    )
+                    await _record_batches(self.execution, sent, through, self.streamed)
                 except Exception as exc:
                     self._recording = False  # the lease or the database is gone
                     if self.error is None:
                         self.error = exc
             if self.error is None:
-                self.error = _first_error(group)
-            for _ in group:
-                self.room.release()
+                self.error = _first_error(sent)
         if self.error is not None:
             raise self.error
 
+    def _landed(self) -> int | None:
+        """Take the leading rounds whose batches are all back off the flights (making room
+        for more); the position after them, if it may move."""
+        through = None
+        while self._flights and not self._flights[0].out:
+            flight = self._flights.popleft()
+            self.room.release()
+            self._advancing = self._advancing and not flight.failed
+            if self._advancing:
+                through = flight.round.last
+        return through
 
-def _first_error(group: list[tuple[Round, list[SentBatch]]]) -> BaseException | None:
+
+def _first_error(sent: list[SentBatch]) -> BaseException | None:
     """A batch that failed as a whole ends the run (or, unexpected, has it resumed)."""
-    for _, results in group:
-        for _, result in results:
-            if isinstance(result, BaseException):
-                return result
+    for _, result in sent:
+        if isinstance(result, BaseException):
+            return result
     return None
 
 
@@ -441,62 +471,51 @@ def _batches(capabilities: Capabilities, current: Round) -> list[Batch]:
     ]
 
 
-async def _send_round(
-    connector: Connector, remote: RemoteSegment, batches: list[Batch], sending: asyncio.Semaphore
-) -> list[SentBatch]:
-    async def send(batch: Batch) -> BatchResult:
-        members = list(batch.members)
+async def _send_batch(
+    connector: Connector, remote: RemoteSegment, batch: Batch, sending: asyncio.Semaphore
+) -> SentBatch:
+    """A batch and what came back: its result, or the error that failed it as a whole."""
+    members = list(batch.members)
+    try:
         async with sending:
             if batch.operation == "add":
-                return await connector.add_members(remote, members)
-            return await connector.remove_members(remote, members)
+                return batch, await connector.add_members(remote, members)
+            return batch, await connector.remove_members(remote, members)
+    except Exception as exc:
+        return batch, exc
 
-    results = await asyncio.gather(*(send(batch) for batch in batches), return_exceptions=True)
-    return list(zip(batches, results, strict=True))
 
-
-async def _record_rounds(
-    execution: Execution,
-    group: list[tuple[Round, list[SentBatch]]],
-    streamed: bool,
-    *,
-    advance: bool = True,
+async def _record_batches(
+    execution: Execution, sent: list[SentBatch], through: int | None, streamed: bool
 ) -> None:
-    """One transaction: what the destination now holds, the rejected records, the stats,
-    and the position after the last round whose batches all came back (unless `advance` is
-    false: an earlier round is incomplete)."""
+    """One transaction: what the destination now holds after these batches, the rejected
+    records, the stats, and the position (`through`, None: it stays)."""
     run = execution.run
     added: list[SyncMember] = []
     removed: list[str] = []
     failures: dict[tuple[str, str], str] = {}
     remote_member_ids: dict[str, str] = {}
-    through: int | None = None
-    complete = advance
-    for sent, results in group:
-        for batch, result in results:
-            members = batch.members
-            if isinstance(result, BatchResult):
-                outcome = result
+    for batch, result in sent:
+        members = batch.members
+        if isinstance(result, BatchResult):
+            outcome = result
+        else:
+            answered = result.answered if isinstance(result, ConnectorError) else None
+            if answered is None:
+                continue  # sent again after a restart, or the run fails
+            # What the destination answered before the batch failed is recorded too.
+            members = [m for m in batch.members if m.key in answered.keys]
+            outcome = answered.result
+        remote_member_ids.update(outcome.remote_member_ids)
+        failed = outcome.failed
+        for member in members:
+            reason = failed.get(member.key) if failed else None
+            if reason is not None:
+                failures[(batch.operation, member.key)] = reason
+            elif batch.operation == "add":
+                added.append(member)
             else:
-                complete = False  # sent again after a restart, or the run fails
-                answered = result.answered if isinstance(result, ConnectorError) else None
-                if answered is None:
-                    continue
-                # What the destination answered before the batch failed is recorded too.
-                members = [m for m in batch.members if m.key in answered.keys]
-                outcome = answered.result
-            remote_member_ids.update(outcome.remote_member_ids)
-            failed = outcome.failed
-            for member in members:
-                reason = failed.get(member.key) if failed else None
-                if reason is not None:
-                    failures[(batch.operation, member.key)] = reason
-                elif batch.operation == "add":
-                    added.append(member)
-                else:
-                    removed.append(member.key)
-        if complete:
-            through = sent.last
+                removed.append(member.key)
 
     async def record(conn: AsyncConnection) -> None:
         newly_added, newly_removed = await planner.record_round(
