@@ -169,6 +169,32 @@ async def test_remembered_segment_wins_over_the_name_and_follows_a_rename(
 
 
 @pytest.mark.asyncio
+async def test_a_remote_segment_another_segment_syncs_to_is_not_taken_over(
+    harness: Harness, fake: tuple[mailchimp.MailchimpState, str]
+) -> None:
+    """A renamed segment keeps its remote segment (and its old name) until its next sync: a
+    new segment with the old name must not adopt it, or the two would undo each other."""
+    state, url = fake
+    await harness.customers(*people(4))
+    first_id = await harness.segment("Spring", ["c0", "c1"])
+    destination_id = await destination(harness, url)
+    assert (await harness.sync(first_id, destination_id))["status"] == "succeeded"
+    renamed = await harness.api.patch(f"/v1/segments/{first_id}", json={"name": "Summer"})
+    assert renamed.status_code == 200, renamed.text
+    second_id = await harness.segment("Spring", ["c2", "c3"])
+
+    refused = await harness.sync(second_id, destination_id)
+    assert refused["status"] == "failed", refused
+    assert "where segment 'Summer' syncs" in refused["error"]
+    assert segment_members(state, "Spring") == {"c0@example.com", "c1@example.com"}
+
+    assert (await harness.sync(first_id, destination_id))["status"] == "succeeded"
+    assert (await harness.sync(second_id, destination_id))["status"] == "succeeded"
+    assert segment_members(state, "Summer") == {"c0@example.com", "c1@example.com"}
+    assert segment_members(state, "Spring") == {"c2@example.com", "c3@example.com"}
+
+
+@pytest.mark.asyncio
 async def test_transient_faults_are_retried(
     harness: Harness, fake: tuple[mailchimp.MailchimpState, str]
 ) -> None:

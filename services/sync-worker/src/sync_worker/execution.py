@@ -231,6 +231,17 @@ async def _resolve_remote(
         remote = await connector.find_or_create_segment(str(checkpoint["remote_name"]), None)
     if remote.id == checkpoint.get("remote_id"):
         return remote  # resumed: the checkpoint already describes it
+    if remote.found_by == "name":
+        async with execution.engine.connect() as conn:
+            owner = await runs.remote_owner(conn, run, remote.id)
+        if owner is not None:
+            # Two segments must never mirror into one remote segment: each sync would undo
+            # the other's (a renamed segment keeps its remote one until its next sync).
+            raise ConnectorError(
+                f"the remote segment named {remote.name!r} is where segment {owner!r} syncs "
+                "on this destination; sync that segment first (it renames its remote segment "
+                "to its own name) or rename one of the two"
+            )
     restart = "remote_id" in checkpoint  # the remote segment vanished under a running run
     checkpoint["remote_id"] = remote.id
     checkpoint["reconcile"] = remote.found_by == "name"

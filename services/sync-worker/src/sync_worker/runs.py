@@ -274,3 +274,26 @@ async def remember_remote(
             "run_id": run.id,
         },
     )
+
+
+async def remote_owner(conn: AsyncConnection, run: AnyRow, remote_id: str) -> str | None:
+    """The name of another segment that syncs to this remote segment on this destination."""
+    name: str | None = (
+        await conn.execute(
+            text(
+                """
+                SELECT s.name FROM destination_segments ds
+                JOIN segments s ON s.id = ds.segment_id
+                WHERE ds.destination_id = :destination_id AND ds.remote_id = :remote_id
+                  AND ds.segment_id <> :segment_id
+                LIMIT 1
+                """
+            ),
+            {
+                "destination_id": run.destination_id,
+                "remote_id": remote_id,
+                "segment_id": run.segment_id,
+            },
+        )
+    ).scalar_one_or_none()
+    return name
