@@ -3,10 +3,13 @@
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import text
 
+from sync_worker import planner
 from tests.fakes import mailchimp
 from tests.fakes.server import serve
 from tests.sync.conftest import Harness, people
@@ -192,6 +195,40 @@ async def test_a_remote_segment_another_segment_syncs_to_is_not_taken_over(
     assert (await harness.sync(second_id, destination_id))["status"] == "succeeded"
     assert segment_members(state, "Summer") == {"c0@example.com", "c1@example.com"}
     assert segment_members(state, "Spring") == {"c2@example.com", "c3@example.com"}
+
+
+@pytest.mark.asyncio
+async def test_a_customer_who_unsubscribes_after_the_plan_is_not_sent(
+    harness: Harness,
+    fake: tuple[mailchimp.MailchimpState, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The plan is written when a run starts; a long run reads it later. An addition is
+    checked again when its round is read: consent withdrawn meanwhile is respected."""
+    state, url = fake
+    await harness.customers(*people(4))
+    segment_id = await harness.segment("Consent", ["c0", "c1"])
+    destination_id = await destination(harness, url)
+    assert (await harness.sync(segment_id, destination_id))["status"] == "succeeded"
+    await harness.add(segment_id, ["c2", "c3"])
+
+    plan_sync = planner.plan_sync
+
+    async def plan_then_unsubscribe(*args: Any, **kwargs: Any) -> planner.Plan:
+        plan = await plan_sync(*args, **kwargs)
+        async with harness.engine.begin() as conn:  # committed before the round is read
+            await conn.execute(
+                text("UPDATE customers SET email_status = 'unsubscribed' WHERE external_id = 'c3'")
+            )
+        return plan
+
+    monkeypatch.setattr(planner, "plan_sync", plan_then_unsubscribe)
+    run = await harness.sync(segment_id, destination_id)
+    assert run["status"] == "succeeded", run
+    assert (run["stats"]["planned_add"], run["stats"]["added"]) == (2, 1)
+    assert segment_members(state, "Consent") == {f"c{i}@example.com" for i in range(3)}
+    assert state.lists["list1"].member("c3@example.com") is None
+    assert await harness.held(segment_id, destination_id) == {f"c{i}@example.com" for i in range(3)}
 
 
 @pytest.mark.asyncio

@@ -49,9 +49,11 @@ class Round:
     adds: list[SyncMember]
     removes: list[SyncMember]
     last: int
+    # Plan rows read, sent or not: a round whose additions all lapsed still moves on.
+    read: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.adds or self.removes)
+        return self.read > 0
 
 
 def _key(capabilities: Capabilities) -> str:
@@ -303,18 +305,25 @@ async def drop_plan(conn: AsyncConnection, run_id: uuid.UUID) -> None:
 
 # Read with asyncpg itself: a round is thousands of rows, and SQLAlchemy's rows cost several
 # times asyncpg's records (PITFALLS). Both statements run outside any transaction.
-_ROUND = """
-    WITH page AS MATERIALIZED (
-        SELECT position, operation, member_key, customer_id FROM sync_run_plan
-        WHERE sync_run_id = $1 AND position > $2
-        ORDER BY position
-        LIMIT $3
-    )
-    SELECT p.position, p.operation, p.member_key, p.customer_id,
-           c.external_id, c.email, c.first_name, c.last_name
-    FROM page p LEFT JOIN customers c ON c.id = p.customer_id
-    ORDER BY p.position
-"""
+def _planned_round(capabilities: Capabilities) -> str:
+    """The next plan rows. An addition is checked again against the customer as they are
+    now: one who left the eligible members since the plan was written (unsubscribed during a
+    long run, say) is not sent."""
+    return f"""
+        WITH page AS MATERIALIZED (
+            SELECT position, operation, member_key, customer_id FROM sync_run_plan
+            WHERE sync_run_id = $1 AND position > $2
+            ORDER BY position
+            LIMIT $3
+        )
+        SELECT p.position, p.operation, p.member_key, p.customer_id,
+               c.external_id, c.email, c.first_name, c.last_name,
+               coalesce({_eligible(capabilities)}, false) AS eligible
+        FROM page p LEFT JOIN customers c ON c.id = p.customer_id
+        ORDER BY p.position
+    """
+
+
 _HELD = """
     SELECT member_key, external_id, email, remote_member_id FROM destination_members
     WHERE destination_id = $1 AND segment_id = $2 AND member_key = ANY($3::text[])
@@ -325,7 +334,7 @@ def _streamed_round(capabilities: Capabilities) -> str:
     """A first sync's next additions: the segment's eligible members in customer order, the
     customer id serving as the position."""
     return f"""
-        SELECT m.customer_id AS position, 'add' AS operation, {_key(capabilities)} AS key,
+        SELECT m.customer_id AS position, 'add' AS operation, {_key(capabilities)} AS member_key,
                m.customer_id, c.external_id, c.email, c.first_name, c.last_name
         FROM segment_members m JOIN customers c ON c.id = m.customer_id
         WHERE m.segment_id = $1 AND m.customer_id > $2 AND {_eligible(capabilities)}
@@ -354,7 +363,7 @@ async def read_round(
     if streamed:
         rows = await driver.fetch(_streamed_round(capabilities), segment_id, after, limit)
     else:
-        rows = await driver.fetch(_ROUND, run_id, after, limit)
+        rows = await driver.fetch(_planned_round(capabilities), run_id, after, limit)
     removals = [row["member_key"] for row in rows if row["operation"] == "remove"]
     held = {}
     if removals:
@@ -363,7 +372,12 @@ async def read_round(
     by_email = capabilities.member_key == "email"
     adds: list[SyncMember] = []
     removes: list[SyncMember] = []
-    for _, operation, key, customer_id, external_id, email, first, last in rows:
+    for row in rows:
+        operation, key, customer_id = row["operation"], row["member_key"], row["customer_id"]
+        external_id, email = row["external_id"], row["email"]
+        first, last = row["first_name"], row["last_name"]
+        if operation == "add" and not (streamed or row["eligible"]):
+            continue  # lapsed since the plan; the record keeps not holding them
         if operation == "add":
             adds.append(
                 SyncMember(
@@ -391,7 +405,7 @@ async def read_round(
         unique = {member.key: member for member in reversed(adds)}
         if len(unique) < len(adds):
             adds = list(reversed(unique.values()))
-    return Round(adds, removes, rows[-1]["position"] if rows else after)
+    return Round(adds, removes, rows[-1]["position"] if rows else after, len(rows))
 
 
 _RECORD_ADDED = """
