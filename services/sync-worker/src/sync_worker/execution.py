@@ -391,7 +391,7 @@ class Recorder:
     previous transaction ends (when the database is the slower side its commits grow instead
     of holding the sending back). The position moves past a round once all its batches are
     recorded and none failed as a whole; at most `ROUNDS_AHEAD` rounds are out at once, so a
-    restart sends again at most the batches that were in flight."""
+    restart, reading the plan from the position, sends again at most those rounds."""
 
     ROUNDS_AHEAD = 4
 
