@@ -1,17 +1,17 @@
-"""Carrying out one sync run (or promotion), checkpointed after every round of batches.
+"""Carrying out one sync run (or promotion), checkpointed after every batch.
 
 A run resolves the remote segment (remembered id, else name, else created), reconciles the
 worker's record with a remote segment that existed before (reading its members), writes its
 plan (`planner`), then works through the plan in rounds: each round's batches are sent at
-once (the limiter keeps them within the vendor's limits), and one transaction records what
-the destination now holds, the rejected records, the stats and the position, under the run's
-lease. The next round is read, and sent, while the previous one is being recorded.
+once (the limiter keeps them within the vendor's limits), and as batches come back one
+transaction records what the destination now holds, the rejected records and the stats, and
+the read position once a whole round is back, under the run's lease. The next round is read,
+and sent, while the previous one is being recorded.
 
-A worker killed at any point leaves at most the rounds in flight sent but not recorded; the
-run's next holder sends them again, which adds and removes idempotently, and counts nothing
-twice (the stats count what the record gained and lost).
+A worker killed at any point leaves at most the rounds out (up to `Recorder.ROUNDS_AHEAD`)
+past the position; the run's next holder sends them again, which adds and removes
+idempotently, and counts nothing twice (the stats count what the record gained and lost).
 """
-
 import asyncio
 import logging
 from collections import deque
