@@ -12,6 +12,7 @@ A worker killed at any point leaves at most the rounds out (up to `Recorder.ROUN
 past the position; the run's next holder sends them again, which adds and removes
 idempotently, and counts nothing twice (the stats count what the record gained and lost).
 """
+
 import asyncio
 import logging
 from collections import deque
