@@ -47,6 +47,7 @@ from sqlalchemy.engine import make_url
 
 from bench.common import SERVER_URL
 from segments_shared.db.engine import asyncpg_dsn
+from segments_shared.db.ids import uuid7
 from segments_shared.db.migrate import MIGRATIONS_DIR, upgrade_async
 
 CHUNK = 100_000
@@ -363,7 +364,7 @@ async def drop(database: str) -> None:
 
 async def create_segment(url: str, name: str, *, every: int = 1, offset: int = 0) -> uuid.UUID:
     """A manual segment holding the customers whose id % every == offset, its KPIs unmarked."""
-    segment_id = uuid.uuid4()
+    segment_id = uuid7()  # as the API creates them
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         async with conn.transaction():

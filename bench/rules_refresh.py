@@ -38,6 +38,7 @@ from segment_api.rules.refresh import refresh_segment
 from segment_api.rules.repository import strategy_for, tune
 from segments_shared.config import DatabaseSettings
 from segments_shared.db.engine import create_engine
+from segments_shared.db.ids import uuid7
 
 DATABASE = "segments_bench_rules_refresh"
 WORKER = "bench"
@@ -176,7 +177,7 @@ async def empty(engine: AsyncEngine, *segment_ids: uuid.UUID) -> None:
 
 
 async def setup(engine: AsyncEngine) -> tuple[uuid.UUID, uuid.UUID]:
-    rule_segment, hand_segment = uuid.uuid4(), uuid.uuid4()
+    rule_segment, hand_segment = uuid7(), uuid7()  # as the API creates them
     async with engine.begin() as conn:
         # The default segments would be computed first by a real refresher; not timed here.
         await conn.execute(text("UPDATE segments SET active = false WHERE kind = 'default'"))

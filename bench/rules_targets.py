@@ -25,9 +25,12 @@ from segment_api.targets import service
 from segment_api.targets.schemas import CombineRequest, CompareRequest, SplitPart, SplitRequest
 from segments_shared.config import DatabaseSettings
 from segments_shared.db.engine import create_engine
+from segments_shared.db.ids import uuid7
 
 DATABASE = "segments_bench_rules_targets"
-SCRATCH = uuid.UUID(int=1)
+# The largest id: the bare statements append at the right edge of the members' primary key,
+# as the service's new segments (time-ordered ids, newest last) do.
+SCRATCH = uuid.UUID(int=(1 << 128) - 1)
 
 BARE = {
     "union": """
@@ -68,7 +71,7 @@ def load() -> str:
 
 
 async def first_half(url: str) -> uuid.UUID:
-    segment_id = uuid.uuid4()
+    segment_id = uuid7()  # as the API creates them
     engine = create_engine(DatabaseSettings(database_url=url), pool_size=1)
     try:
         async with engine.begin() as conn:

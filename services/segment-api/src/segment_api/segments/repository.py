@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segments_shared.db.engine import driver_connection
+from segments_shared.db.ids import uuid7
 from segments_shared.db.models import (
     Customer,
     DestinationSegment,
@@ -127,7 +128,7 @@ async def insert_segment(conn: AsyncConnection, values: dict[str, Any]) -> uuid.
     """None when the name is taken (names are unique case-insensitively)."""
     statement = (
         insert(Segment)
-        .values(id=uuid.uuid4(), **values)
+        .values(id=uuid7(), **values)
         .on_conflict_do_nothing(index_elements=[func.lower(Segment.name)])
         .returning(Segment.id)
     )

@@ -55,9 +55,11 @@ _SPLIT = """
         FROM segment_members WHERE segment_id = $1
     )
     INSERT INTO segment_members (segment_id, customer_id)
-    SELECT ($4::uuid[])[width_bucket(position, $3::bigint[])], customer_id
+    SELECT ($4::uuid[])[width_bucket(position, $3::bigint[])] AS part, customer_id
     FROM ranked
-    ORDER BY customer_id
+    -- Part by part (new, time-ordered ids: each part's rows append at the right edge of the
+    -- primary key), each in customer order.
+    ORDER BY part, customer_id
 """
 
 # Sizes (the diagonal, a = b) and the intersection of every pair, in one snapshot. Each

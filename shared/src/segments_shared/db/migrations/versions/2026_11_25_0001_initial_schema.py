@@ -6,12 +6,13 @@ Revises:
 Create Date: 2026-11-25 06:04:31.200249
 """
 
-import uuid
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
+
+from segments_shared.db.ids import uuid7
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -742,7 +743,7 @@ def upgrade() -> None:
         segments,
         [
             {
-                "id": uuid.uuid4(),
+                "id": uuid7(),
                 "name": name,
                 "description": description,
                 "kind": "default",
