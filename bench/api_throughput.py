@@ -16,10 +16,8 @@ figure beside a baseline measured in the same run.
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,20 +28,19 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from bench.common import AMQP_URL, bench_prefix, remove_topology
+from bench.common import (
+    api_env,
+    bench_prefix,
+    free_port,
+    remove_topology,
+    start_service,
+)
 from bench.dataset import DatasetSpec, clone, create_segment, drop
 from segments_shared.db.engine import asyncpg_dsn
 
 KEY = "sk_bench_admin_key_0123456789"
 BIN = Path(sys.executable).parent
 DATABASE = "segments_bench_api"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def rss_mb(pid: int) -> float:
@@ -55,28 +52,8 @@ def rss_mb(pid: int) -> float:
 
 async def start_api(url: str, prefix: str) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
-    env = {
-        **os.environ,
-        "SEGMENTS_DATABASE_URL": url,
-        "SEGMENTS_AMQP_URL": AMQP_URL,
-        "SEGMENTS_BUS_PREFIX": prefix,
-        "SEGMENTS_API_PORT": str(port),
-        "SEGMENTS_BOOTSTRAP_API_KEY": KEY,
-        "SEGMENTS_LOG_LEVEL": "WARNING",
-    }
-    process = await asyncio.create_subprocess_exec(
-        str(BIN / "segment-api"), env=env, stdout=asyncio.subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient() as client:
-        for _ in range(300):
-            try:
-                if (await client.get(f"{base}/readyz")).status_code == 200:
-                    return process, base
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("segment-api did not become ready")
+    process = await start_service("segment-api", api_env(url, prefix, port, KEY), port)
+    return process, f"http://127.0.0.1:{port}"
 
 
 def customer(i: int, prefix: str) -> dict[str, object]:

@@ -2,13 +2,17 @@
 
 import asyncio
 import os
+import socket
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import aio_pika
 import asyncpg
+import httpx
 from sqlalchemy.engine import make_url
 
 from segments_shared.bus.topology import Topology, delete_all
@@ -68,3 +72,48 @@ async def wait_until(condition: Callable[[], bool], within: float) -> None:
         if condition() or time.monotonic() >= deadline:
             return
         await asyncio.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def api_env(url: str, prefix: str, port: int, key: str) -> dict[str, str]:
+    """The environment of a benchmark's segment-api: its database, bus prefix, port, key."""
+    return {
+        **os.environ,
+        "SEGMENTS_DATABASE_URL": url,
+        "SEGMENTS_AMQP_URL": AMQP_URL,
+        "SEGMENTS_BUS_PREFIX": prefix,
+        "SEGMENTS_API_PORT": str(port),
+        "SEGMENTS_BOOTSTRAP_API_KEY": key,
+        "SEGMENTS_LOG_LEVEL": "WARNING",
+    }
+
+
+async def start_service(
+    command: str, env: dict[str, str], port: int, within: float = 60.0
+) -> asyncio.subprocess.Process:
+    """One of the installed console commands as its own process, once its /readyz says so."""
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / command), env=env, stdout=asyncio.subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                    return process
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    process.terminate()
+    raise RuntimeError(f"{command} did not become ready")

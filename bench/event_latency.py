@@ -13,24 +13,23 @@ event's `time` (set in the request's transaction, just before its commit).
 import argparse
 import asyncio
 import json
-import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import aio_pika
-import httpx
 from aio_pika.abc import AbstractIncomingMessage
 
 from bench.common import (
     AMQP_URL,
+    api_env,
     bench_prefix,
+    free_port,
     fresh_database,
     remove_topology,
+    start_service,
     summary_ms,
     wait_until,
 )
@@ -39,37 +38,8 @@ from segments_shared.bus.topology import Topology, declare_all
 KEY = "sk_bench_admin_key_0123456789"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def start_api(url: str, prefix: str, port: int) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ,
-        "SEGMENTS_DATABASE_URL": url,
-        "SEGMENTS_AMQP_URL": AMQP_URL,
-        "SEGMENTS_BUS_PREFIX": prefix,
-        "SEGMENTS_API_PORT": str(port),
-        "SEGMENTS_BOOTSTRAP_API_KEY": KEY,
-        "SEGMENTS_LOG_LEVEL": "WARNING",
-    }
-    process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "segment-api"),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    async with httpx.AsyncClient() as client:
-        for _ in range(300):
-            try:
-                if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                    return process
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("segment-api did not become ready")
+    return await start_service("segment-api", api_env(url, prefix, port, KEY), port)
 
 
 async def paced(

@@ -21,18 +21,23 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import aio_pika
 import httpx
 from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import text
 
-from bench.common import AMQP_URL, bench_prefix, percentile, remove_topology, summary_ms
+from bench.common import (
+    AMQP_URL,
+    bench_prefix,
+    free_port,
+    percentile,
+    remove_topology,
+    start_service,
+    summary_ms,
+)
 from bench.dataset import DatasetSpec, clone, create_segment, drop
-from bench.event_latency import free_port
 from metrics_worker.kpis import compute_segment_kpis
 from segments_shared.bus.topology import Topology, declare_all
 from segments_shared.config import DatabaseSettings
@@ -40,21 +45,6 @@ from segments_shared.db.engine import create_engine
 
 DATABASE = "segments_bench_metrics_latency"
 KEY = "sk_bench_admin_key_0123456789"
-
-
-async def start(command: str, env: dict[str, str], port: int) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / command), env=env, stdout=asyncio.subprocess.DEVNULL
-    )
-    async with httpx.AsyncClient() as client:
-        for _ in range(600):
-            try:
-                if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                    return process
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{command} did not become ready")
 
 
 async def main(every: int, changes: int, pause: float) -> None:
@@ -82,8 +72,8 @@ async def main(every: int, changes: int, pause: float) -> None:
         # segments (up to 1,000,000 members each), and this worker their KPIs, meanwhile.
         await conn.execute(text("UPDATE segments SET active = false WHERE kind = 'default'"))
     processes = [
-        await start("segment-api", env, api_port),
-        await start("metrics-worker", env, worker_port),
+        await start_service("segment-api", env, api_port),
+        await start_service("metrics-worker", env, worker_port),
     ]
     # Member count the segment will have -> when its metrics.updated arrived.
     waiting: dict[int, asyncio.Future[float]] = {}

@@ -22,7 +22,6 @@ Prints medians of `--repeat` runs and the ratios; reports the machine's load (it
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import time
 import uuid
@@ -30,6 +29,7 @@ import uuid
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.common import load_average
 from bench.dataset import DatasetSpec, clone, drop
 from segment_api.rules import queue
 from segment_api.rules.compile import RuleCompiler
@@ -100,11 +100,6 @@ REPLACE = """
     )
     SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM removed)
 """
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
 class Stopwatch:
@@ -196,7 +191,7 @@ def median(values: list[float]) -> float:
 
 
 async def main(spec: DatasetSpec, repeat: int) -> None:
-    print(f"before: {load()}")
+    print(f"before: {load_average()}")
     url = await clone(spec, DATABASE)
     engine = create_engine(DatabaseSettings(database_url=url), pool_size=2)
     try:
@@ -252,7 +247,7 @@ async def main(spec: DatasetSpec, repeat: int) -> None:
     finally:
         await engine.dispose()
         await drop(DATABASE)
-        print(f"after: {load()}")
+        print(f"after: {load_average()}")
 
 
 if __name__ == "__main__":

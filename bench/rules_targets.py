@@ -12,7 +12,6 @@ and the table vacuumed between runs. Prints medians and ratios, and the machine'
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
 import uuid
@@ -20,6 +19,7 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.common import load_average
 from bench.dataset import DatasetSpec, clone, create_segment, drop
 from segment_api.targets import service
 from segment_api.targets.schemas import CombineRequest, CompareRequest, SplitPart, SplitRequest
@@ -65,11 +65,6 @@ BARE = {
 }
 
 
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
-
-
 async def first_half(url: str) -> uuid.UUID:
     segment_id = uuid7()  # as the API creates them
     engine = create_engine(DatabaseSettings(database_url=url), pool_size=1)
@@ -110,7 +105,7 @@ async def tidy(engine: AsyncEngine, keep: set[uuid.UUID]) -> None:
 
 
 async def main(spec: DatasetSpec, repeat: int) -> None:
-    print(f"before: {load()}")
+    print(f"before: {load_average()}")
     url = await clone(spec, DATABASE)
     a = await create_segment(url, "Even ids", every=2)
     b = await first_half(url)
@@ -167,7 +162,7 @@ async def main(spec: DatasetSpec, repeat: int) -> None:
     finally:
         await engine.dispose()
         await drop(DATABASE)
-        print(f"after: {load()}")
+        print(f"after: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Customers: single and bulk upserts, lookup by email, erasure."""
 
+import asyncio
+
 import httpx
 import pytest
 from sqlalchemy import text
@@ -110,6 +112,28 @@ async def test_bulk_and_single_upserts_store_the_same(
             )
         )
         assert [tuple(row) for row in rows] == [(True, '{"city": "Leeds"}', "{}")] * 2
+
+
+@pytest.mark.asyncio
+async def test_concurrent_puts_of_one_customer_each_land_once(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    """A PUT is one statement (lock, upsert, event): concurrent PUTs of a customer that does
+    not exist yet create it once, update it for the others, and each writes its event."""
+    statuses = [
+        response.status_code
+        for response in await asyncio.gather(
+            *(
+                api.put("/v1/customers/racer", json={"first_name": f"N{i}", "email": "r@x.io"})
+                for i in range(12)
+            )
+        )
+    ]
+    assert sorted(statuses) == [200] * 11 + [201]
+    async with clean_db.connect() as conn:
+        count = await conn.execute(text("SELECT count(*) FROM customers"))
+        assert count.scalar_one() == 1
+    assert len(await events(clean_db, "customer.changed")) == 12
 
 
 @pytest.mark.asyncio
