@@ -8,8 +8,11 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from segment_api.rules.compile import random_seed
+from segment_api.targets import repository
 from segment_api.targets.service import part_sizes
 from tests.api.helpers import assert_problem, events, make_segment
 from tests.rules.conftest import Snapshot
@@ -92,6 +95,25 @@ async def test_combine_is_set_arithmetic_and_leaves_the_sources(
 
 
 @pytest.mark.asyncio
+async def test_intersect_of_the_most_segments_a_request_may_name(api: httpx.AsyncClient) -> None:
+    """Fifty segments: one join per segment, past the planner's join-collapse limit."""
+    await make_customers(api, *({"external_id": c} for c in CUSTOMERS))
+    # Segment i holds every customer but the i-th: all fifty share the last ten.
+    segments = [
+        await with_members(api, f"All but {i}", CUSTOMERS[:i] + CUSTOMERS[i + 1 :])
+        for i in range(50)
+    ]
+    for operation, want in (("intersect", set(CUSTOMERS[50:])), ("union", set(CUSTOMERS))):
+        response = await api.post(
+            "/v1/segments/combine",
+            json={"operation": operation, "segment_ids": segments, "name": operation},
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["member_count"] == len(want)
+        assert await member_ids(api, response.json()["id"]) == want
+
+
+@pytest.mark.asyncio
 async def test_split_deals_every_member_once_by_weight_and_seed(api: httpx.AsyncClient) -> None:
     twos, _, _ = await store(api)  # 30 members
     parts = [
@@ -148,6 +170,58 @@ def test_part_sizes_follow_the_weights_within_one_member(
     total = sum(weights)
     for size, weight in zip(sizes, weights, strict=True):
         assert abs(size - members * weight / total) < 1 + 1e-9
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("weights", "counted"),
+    [
+        ([1, 1], 30),
+        ([1, 2, 0.5, 0], 30),
+        ([0, 1, 0, 3], 30),
+        ([0, 0, 1], 30),
+        ([5, 1, 1, 1], 30),
+        # Counted before members were erased: the last ranges start past the last member.
+        ([1, 1, 1, 1], 44),
+        ([3, 1], 38),
+    ],
+)
+async def test_both_split_statements_deal_the_same_parts(
+    api: httpx.AsyncClient, clean_db: AsyncEngine, weights: list[float], counted: int
+) -> None:
+    """Few parts are read from the primary key part by part, more in one sorted statement:
+    the same members land in the same parts either way."""
+    twos = uuid.UUID((await store(api))[0])  # 30 members
+    lower_bounds = [sum(part_sizes(counted, weights)[:i]) for i in range(len(weights))]
+    dealt = {}
+    async with clean_db.connect() as conn:
+        async with conn.begin():
+            for name, deal in (
+                ("sorted", repository.split_sorted),
+                ("scanned", repository.split_scanned),
+            ):
+                parts = [uuid.uuid4() for _ in weights]
+                counts = await deal(conn, twos, random_seed("split:s"), lower_bounds, parts)
+                held = [
+                    set(
+                        (
+                            await conn.execute(
+                                text(
+                                    "SELECT customer_id FROM segment_members WHERE segment_id = :s"
+                                ),
+                                {"s": part},
+                            )
+                        ).scalars()
+                    )
+                    for part in parts
+                ]
+                assert [counts[part] for part in parts] == [len(h) for h in held]
+                dealt[name] = held
+            await conn.rollback()
+    assert dealt["scanned"] == dealt["sorted"]
+    assert sum(len(held) for held in dealt["scanned"]) == 30
+    if counted == 30:
+        assert [len(held) for held in dealt["scanned"]] == part_sizes(30, weights)
 
 
 @pytest.mark.asyncio
