@@ -28,6 +28,13 @@ async def counts(engine: AsyncEngine, segment_id: str) -> tuple[int, int]:
         return int(member_count), int(rows)
 
 
+async def stale_marks(engine: AsyncEngine) -> dict[str, int]:
+    """Each segment marked for a KPI recomputation, with its mark's generation."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT segment_id, generation FROM metrics_dirty_segments"))
+        return {str(segment_id): int(generation) for segment_id, generation in rows}
+
+
 @pytest.mark.asyncio
 async def test_deleting_customers_or_segments_deletes_their_memberships(
     api: httpx.AsyncClient, clean_db: AsyncEngine
@@ -37,10 +44,14 @@ async def test_deleting_customers_or_segments_deletes_their_memberships(
     for segment_id in (kept, dropped):
         await api.post(f"/v1/segments/{segment_id}/members", json={"external_ids": ["a", "b"]})
     # A deletion behind the API's back (as a data fix would do) still cascades, with an
-    # exact count and a history entry.
+    # exact count, a history entry and the KPIs marked stale.
+    marks_before = await stale_marks(clean_db)
     async with clean_db.begin() as conn:
         await conn.execute(text("DELETE FROM customers WHERE external_id = 'a'"))
     assert await counts(clean_db, kept) == (1, 1)
+    marks_after = await stale_marks(clean_db)
+    assert {kept, dropped} <= set(marks_after)
+    assert all(marks_after[s] == marks_before.get(s, 0) + 1 for s in (kept, dropped))
     history = (await api.get(f"/v1/segments/{kept}/history")).json()["items"]
     assert (history[0]["exited"], history[0]["cause"], history[0]["member_count"]) == (
         1,
