@@ -6,8 +6,8 @@ compare each under 2 s), on the 1,000,000-customer data set.
 A holds the customers with an even id, B the first 500,000 customers: 250,000 in both. Each
 operation runs through segment-api's own service (locks, new segments, set-based membership,
 history, events, one transaction), beside its bare membership statement run by hand in the
-same run (the baseline: what the database cannot avoid doing). Created segments are deleted
-and the table vacuumed between runs. Prints medians and ratios, and the machine's load.
+same run (the baseline: what the database cannot avoid doing). Created segments are deleted,
+the table vacuumed and a checkpoint taken between runs. Prints medians and ratios, and the machine's load.
 """
 
 import argparse
@@ -92,7 +92,7 @@ async def first_half(url: str) -> uuid.UUID:
 
 
 async def tidy(engine: AsyncEngine, keep: set[uuid.UUID]) -> None:
-    """Delete what a run created (the trigger deletes their members), then vacuum."""
+    """Delete what a run created (the trigger deletes their members), vacuum, checkpoint."""
     async with engine.begin() as conn:
         await conn.execute(
             text("DELETE FROM segments WHERE kind = 'user' AND NOT (id = ANY(:keep))"),
@@ -105,6 +105,9 @@ async def tidy(engine: AsyncEngine, keep: set[uuid.UUID]) -> None:
     async with engine.connect() as conn:
         autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
         await autocommit.execute(text("VACUUM ANALYZE segment_members"))
+        # Each measurement starts from a checkpoint: none that the previous one's writes
+        # called for lands in it (they drifted up run after run without this).
+        await autocommit.execute(text("CHECKPOINT"))
 
 
 async def main(spec: DatasetSpec, repeat: int) -> None:
