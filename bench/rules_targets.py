@@ -7,7 +7,8 @@ A holds the customers with an even id, B the first 500,000 customers: 250,000 in
 operation runs through segment-api's own service (locks, new segments, set-based membership,
 history, events, one transaction), beside its bare membership statement run by hand in the
 same run (the baseline: what the database cannot avoid doing). Created segments are deleted,
-the table vacuumed and a checkpoint taken between runs. Prints medians and ratios, and the machine's load.
+the table vacuumed and a checkpoint taken between runs. Prints medians and ratios, and the
+machine's load.
 """
 
 import argparse
