@@ -167,3 +167,20 @@ async def test_a_batch_over_5_mb_is_imported_in_several_jobs(
     assert state.stats.statuses[413] == 0
     assert list_members(state, "Heavy") == {member.key for member in members}
     assert all(len(part) < 10_000 for part in connector_module.import_parts(members))
+
+
+@pytest.mark.asyncio
+async def test_a_list_create_that_timed_out_is_not_made_twice(
+    harness: Harness, fake: tuple[klaviyo.KlaviyoState, str]
+) -> None:
+    """Klaviyo takes a second list of the same name: the worker looks before retrying."""
+    state, url = fake
+    await harness.customers(*people(3))
+    segment_id = await harness.segment("Slow", [f"c{i}" for i in range(3)])
+    destination_id = await destination(harness, url)
+    # Created, but answered after the worker's 2 s timeout.
+    state.delay_next(2.5, method="POST", path="/api/lists")
+    run = await harness.sync(segment_id, destination_id)
+    assert run["status"] == "succeeded", run
+    assert list_members(state, "Slow") == {f"c{i}@example.com" for i in range(3)}
+    assert state.stats.requests["POST /api/lists"] == 1  # the retry found it instead

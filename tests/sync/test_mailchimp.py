@@ -310,3 +310,20 @@ async def test_a_vendor_that_keeps_failing_fails_the_run(
     run = await harness.sync(segment_id, destination_id)
     assert run["status"] == "failed", run
     assert "kept failing after 6 attempts" in run["error"]
+
+
+@pytest.mark.asyncio
+async def test_a_segment_create_that_timed_out_is_not_made_twice(
+    harness: Harness, fake: tuple[mailchimp.MailchimpState, str]
+) -> None:
+    state, url = fake
+    await harness.customers(*people(3))
+    segment_id = await harness.segment("Slow", [f"c{i}" for i in range(3)])
+    destination_id = await destination(harness, url)
+    # Created, but answered after the worker's 2 s timeout: it looks before retrying.
+    state.delay_next(2.5, method="POST", path="/3.0/lists/list1/segments")
+    run = await harness.sync(segment_id, destination_id)
+    assert run["status"] == "succeeded", run
+    assert [s.name for s in state.lists["list1"].segments.values()] == ["Slow"]
+    assert segment_members(state, "Slow") == {f"c{i}@example.com" for i in range(3)}
+    assert state.stats.requests["POST /3.0/lists/{list_id}/segments"] == 1

@@ -99,6 +99,15 @@ class AuthenticationFailed(ConnectorError):
     """401 or 403: retrying cannot help; the run fails at once with this message."""
 
 
+class CreatedMeanwhile(Exception):
+    """A create that timed out or failed was about to be retried, and a look-up found what
+    it was creating: the vendor did it after all. Retrying would make a second one."""
+
+    def __init__(self, remote_id: str) -> None:
+        super().__init__(remote_id)
+        self.remote_id = remote_id
+
+
 class Connector(Protocol):
     capabilities: Capabilities
     # Commerce `naming: timestamped`: every run creates a new remote segment.

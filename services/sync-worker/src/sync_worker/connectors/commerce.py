@@ -22,6 +22,7 @@ from sync_worker.connectors.base import (
     BatchResult,
     Capabilities,
     ConnectorError,
+    CreatedMeanwhile,
     RemoteSegment,
     SyncMember,
 )
@@ -99,18 +100,22 @@ class CommerceConnector:
         found = await self._find(name)
         if found is not None:
             return RemoteSegment(found, name, "name")
-        response = await self.http.request(
-            "POST",
-            "/member-groups",
-            params={"storeId": self.store_id},
-            json_body={
-                "name": name,
-                "storeId": self.store_id,
-                "usage": [USAGE],
-                "description": "Customer segment exported by Segments",
-            },
-            describe="create the member group",
-        )
+        try:
+            response = await self.http.request(
+                "POST",
+                "/member-groups",
+                params={"storeId": self.store_id},
+                json_body={
+                    "name": name,
+                    "storeId": self.store_id,
+                    "usage": [USAGE],
+                    "description": "Customer segment exported by Segments",
+                },
+                describe="create the member group",
+                recheck=lambda: self._find(name),
+            )
+        except CreatedMeanwhile as created:
+            return RemoteSegment(created.remote_id, name, "created")
         if response.status_code in (200, 201):
             return RemoteSegment(str(response.json()["id"]), name, "created")
         found = await self._find(name)  # a create that timed out may have happened

@@ -19,7 +19,12 @@ from typing import Any
 import httpx
 from prometheus_client import Counter
 
-from sync_worker.connectors.base import AuthenticationFailed, Capabilities, ConnectorError
+from sync_worker.connectors.base import (
+    AuthenticationFailed,
+    Capabilities,
+    ConnectorError,
+    CreatedMeanwhile,
+)
 from sync_worker.limiter import VendorLimiter
 
 log = logging.getLogger(__name__)
@@ -131,10 +136,12 @@ class VendorHttp:
         params: dict[str, str | int] | None = None,
         content: bytes | None = None,
         sign: Callable[[bytes], dict[str, str]] | None = None,
+        recheck: Callable[[], Awaitable[str | None]] | None = None,
     ) -> httpx.Response:
         """Send with retries; returns the final non-retryable response (2xx or 4xx).
         The body is `json_body` (encoded here), `json_text` (JSON already encoded) or raw
-        `content`; `sign` adds headers computed afresh for every attempt (webhook signatures)."""
+        `content`; `sign` adds headers computed afresh for every attempt (webhook signatures).
+        `recheck`, for a create, looks for what it creates before each retry (see `send`)."""
         body = content
         url = self.url(path)
         own = self._own_origin(url)
@@ -156,7 +163,9 @@ class VendorHttp:
                     method, url, content=body, params=params, headers=headers, auth=auth
                 )
 
-        return await send(self.vendor, attempt, self.policy, describe=describe, pause=self._pause)
+        return await send(
+            self.vendor, attempt, self.policy, describe=describe, pause=self._pause, recheck=recheck
+        )
 
     async def _pause(self, seconds: float) -> None:
         try:
@@ -172,8 +181,12 @@ async def send(
     *,
     describe: str,
     pause: Callable[[float], Awaitable[None]] | None = None,
+    recheck: Callable[[], Awaitable[str | None]] | None = None,
 ) -> httpx.Response:
-    """Send with retries; returns the final non-retryable response (2xx or 4xx)."""
+    """Send with retries; returns the final non-retryable response (2xx or 4xx).
+
+    A create is not idempotent: one that timed out or answered 5xx may have happened. Before
+    retrying it, `recheck` looks for it; when found, CreatedMeanwhile ends the retries."""
     last_error = ""
     for attempt in range(policy.attempts):
         try:
@@ -182,6 +195,7 @@ async def send(
             reason = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
             last_error = f"{describe}: {reason} ({exc!r})"
             wait = policy.backoff(attempt)
+            may_have_happened = True
         else:
             if response.status_code in (401, 403):
                 raise AuthenticationFailed(
@@ -192,6 +206,7 @@ async def send(
                 return response
             reason = str(response.status_code)
             last_error = f"{describe}: HTTP {response.status_code} {response.text[:200]}"
+            may_have_happened = response.status_code >= 500  # a 429 was turned away
             vendor_delay = vendor_wait(response)
             if vendor_delay is not None and pause is not None and response.status_code == 429:
                 await pause(vendor_delay)
@@ -209,4 +224,6 @@ async def send(
             },
         )
         await asyncio.sleep(min(wait, policy.cap_seconds * 4))
+        if recheck is not None and may_have_happened and (found := await recheck()) is not None:
+            raise CreatedMeanwhile(found)
     raise ConnectorError(f"{vendor} kept failing after {policy.attempts} attempts: {last_error}")

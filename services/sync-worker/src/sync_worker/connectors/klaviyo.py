@@ -18,6 +18,7 @@ from sync_worker.connectors.base import (
     BatchResult,
     Capabilities,
     ConnectorError,
+    CreatedMeanwhile,
     RateWindow,
     RemoteSegment,
     SyncMember,
@@ -124,12 +125,16 @@ class KlaviyoConnector:
         found = await self._find(name)
         if found is not None:
             return RemoteSegment(found, name, "name")
-        response = await self.http.request(
-            "POST",
-            "/lists",
-            json_body={"data": {"type": "list", "attributes": {"name": name}}},
-            describe="create the list",
-        )
+        try:
+            response = await self.http.request(
+                "POST",
+                "/lists",
+                json_body={"data": {"type": "list", "attributes": {"name": name}}},
+                describe="create the list",
+                recheck=lambda: self._find(name),
+            )
+        except CreatedMeanwhile as created:
+            return RemoteSegment(created.remote_id, name, "created")
         self._require(response, f"creating the list {name!r}", (201,))
         return RemoteSegment(str(response.json()["data"]["id"]), name, "created")
 

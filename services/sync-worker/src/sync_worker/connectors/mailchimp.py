@@ -15,6 +15,7 @@ from sync_worker.connectors.base import (
     BatchResult,
     Capabilities,
     ConnectorError,
+    CreatedMeanwhile,
     RemoteSegment,
     SyncMember,
     failed_all,
@@ -86,12 +87,16 @@ class MailchimpConnector:
         found = await self._find(name)
         if found is not None:
             return RemoteSegment(found, name, "name")
-        response = await self.http.request(
-            "POST",
-            f"{self.audience}/segments",
-            json_body={"name": name, "static_segment": []},
-            describe="create the static segment",
-        )
+        try:
+            response = await self.http.request(
+                "POST",
+                f"{self.audience}/segments",
+                json_body={"name": name, "static_segment": []},
+                describe="create the static segment",
+                recheck=lambda: self._find(name),
+            )
+        except CreatedMeanwhile as created:
+            return RemoteSegment(created.remote_id, name, "created")
         if response.status_code == 200:
             return RemoteSegment(str(response.json()["id"]), name, "created")
         # A create that timed out may have happened after all: look again.

@@ -18,6 +18,7 @@ from sync_worker.connectors.base import (
     BatchResult,
     Capabilities,
     ConnectorError,
+    CreatedMeanwhile,
     RateWindow,
     RemoteSegment,
     SyncMember,
@@ -98,9 +99,16 @@ class SendGridConnector:
         found = await self._find(name)
         if found is not None:
             return RemoteSegment(found, name, "name")
-        response = await self.http.request(
-            "POST", "/marketing/lists", json_body={"name": name}, describe="create the list"
-        )
+        try:
+            response = await self.http.request(
+                "POST",
+                "/marketing/lists",
+                json_body={"name": name},
+                describe="create the list",
+                recheck=lambda: self._find(name),
+            )
+        except CreatedMeanwhile as created:
+            return RemoteSegment(created.remote_id, name, "created")
         if response.status_code in (200, 201):
             return RemoteSegment(str(response.json()["id"]), name, "created")
         found = await self._find(name)  # a create that timed out may have happened
