@@ -266,3 +266,42 @@ async def test_erasure_through_the_api(api: httpx.AsyncClient, clean_db: AsyncEn
         assert (await recompute_rfm(conn)).deleted <= 1
         remaining = (await conn.execute(text("SELECT count(*) FROM customer_rfm"))).scalar()
     assert remaining == 2
+
+
+@pytest.mark.asyncio
+async def test_metrics_updated_carries_the_latest_change_s_correlation_id(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    """SPEC 8: each event carries the correlation id of the request that caused it; a
+    recomputation folding several changes carries the latest one's."""
+    body = {"email": "k@example.com", "email_status": "subscribed"}
+    assert (await api.put("/v1/customers/k", json=body)).status_code == 201
+    segment_id = (await api.post("/v1/segments", json={"name": "Traced"})).json()["id"]
+    added = await api.post(
+        f"/v1/segments/{segment_id}/members",
+        json={"external_ids": ["k"]},
+        headers={"X-Correlation-ID": "add-k"},
+    )
+    assert added.is_success
+    await recompute_due(clean_db)
+    order = {"customer_external_id": "k", "total": "5.00", "placed_at": "2026-01-01T00:00:00Z"}
+    placed = await api.put("/v1/orders/k1", json=order, headers={"X-Correlation-ID": "order-k1"})
+    assert placed.status_code == 201
+    unsubscribed = await api.put(
+        "/v1/customers/k",
+        json={"email_status": "unsubscribed"},
+        headers={"X-Correlation-ID": "unsubscribe-k"},
+    )
+    assert unsubscribed.status_code == 200
+    await recompute_due(clean_db)
+    async with clean_db.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT payload FROM outbox WHERE event_type = 'metrics.updated' "
+                "AND payload->>'subject' = :s ORDER BY id"
+            ),
+            {"s": segment_id},
+        )
+        announced = [row.payload for row in rows]
+    assert [event["correlationid"] for event in announced] == ["add-k", "unsubscribe-k"]
+    assert announced[-1]["data"]["metrics"]["reachable_customers"] == 0

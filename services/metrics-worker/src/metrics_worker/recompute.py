@@ -60,7 +60,7 @@ _CLAIM = text(
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
-    RETURNING d.segment_id, d.generation
+    RETURNING d.segment_id, d.generation, d.correlation_id
     """
 )
 _NEXT_DUE = text(
@@ -105,6 +105,8 @@ _MARK_UNCOMPUTED = text(
 class Claim:
     segment_id: uuid.UUID
     generation: int
+    # Of the latest change folded in that came from a request: `metrics.updated` carries it.
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ async def claim_stale_segments(
         rows = await conn.execute(
             _CLAIM, {"lease": LEASE_SECONDS, "worker": worker, "limit": limit, **folding.params()}
         )
-        return [Claim(row.segment_id, row.generation) for row in rows]
+        return [Claim(row.segment_id, row.generation, row.correlation_id) for row in rows]
 
 
 async def seconds_until_due(engine: AsyncEngine, folding: Folding) -> float | None:
@@ -169,6 +171,7 @@ async def recompute_segment_kpis(conn: AsyncConnection, claim: Claim) -> bool:
         MetricsUpdatedEvent(
             source=SOURCE,
             subject=str(claim.segment_id),
+            correlationid=claim.correlation_id,
             data=MetricsUpdated(segment_id=claim.segment_id, metrics=kpis.as_event()),
         ),
     )

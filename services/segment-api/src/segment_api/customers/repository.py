@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segments_shared.db.engine import driver_connection
 from segments_shared.db.models import Customer
+from segments_shared.observability import current_correlation_id
 
 # Upserted fields, in the order of the statement's parameters.
 FIELDS = (
@@ -45,7 +46,8 @@ _SELECT = f"SELECT {RETURNED} FROM customers c WHERE c.external_id = $1"
 # BEGIN, lock, upsert, event, signal, COMMIT). The INSERT reads `before` first, so the row
 # is locked and its stored reachability read before the upsert changes it. `$9` says which
 # fields the update touches (fields left out keep their stored values); xmax is 0 on a row
-# an INSERT created. A change of email or status marks the customer's segments' KPIs stale;
+# an INSERT created. A change of email or status marks the customer's segments' KPIs stale
+# (with the request's correlation id, $13);
 # the event goes to the outbox; rule segments get their signal.
 _PUT = f"""
     WITH before AS MATERIALIZED (
@@ -75,14 +77,16 @@ _PUT = f"""
         RETURNING {RETURNED}, (xmax = 0) AS created
     ),
     stale AS (
-        INSERT INTO metrics_dirty_segments (segment_id)
-        SELECT DISTINCT m.segment_id
+        INSERT INTO metrics_dirty_segments (segment_id, correlation_id)
+        SELECT DISTINCT m.segment_id, $13::text
         FROM upserted u JOIN before b
           ON (b.email, b.email_status) IS DISTINCT FROM (u.email, u.email_status)
         JOIN segment_members m ON m.customer_id = u.id
         ORDER BY m.segment_id
         ON CONFLICT (segment_id) DO UPDATE
-        SET generation = metrics_dirty_segments.generation + 1
+        SET generation = metrics_dirty_segments.generation + 1,
+            correlation_id =
+                coalesce(EXCLUDED.correlation_id, metrics_dirty_segments.correlation_id)
     ),
     event AS (
         INSERT INTO outbox (event_id, event_type, payload)
@@ -122,7 +126,9 @@ async def put(
     ]
     mask = [name in fields for name in FIELDS]
     driver = await driver_connection(conn)
-    row: Mapping[str, Any] = await driver.fetchrow(_PUT, external_id, *values, mask, *event)
+    row: Mapping[str, Any] = await driver.fetchrow(
+        _PUT, external_id, *values, mask, *event, current_correlation_id()
+    )
     return row, bool(row["created"])
 
 

@@ -44,5 +44,8 @@ class MetricsDirtySegment(Base):
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     claimed_by: Mapped[str | None] = mapped_column(Text)
+    # The request behind the latest marked change (when a change came with one):
+    # `metrics.updated` carries it.
+    correlation_id: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_metrics_dirty_segments_marked_at", "marked_at"),)
