@@ -11,8 +11,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from metrics_worker.kpis import compute_segment_kpis
+from metrics_worker.recompute import claim_stale_segments, recompute_segment_kpis
 from metrics_worker.rfm import recompute_rfm
+from segments_shared.staleness import mark_segments_stale
 from tests.metrics.store import (
+    NOW,
     add_customer,
     add_order,
     add_segment,
@@ -305,3 +308,35 @@ async def test_metrics_updated_carries_the_latest_change_s_correlation_id(
         announced = [row.payload for row in rows]
     assert [event["correlationid"] for event in announced] == ["add-k", "unsubscribe-k"]
     assert announced[-1]["data"]["metrics"]["reachable_customers"] == 0
+
+
+async def announced_ids(engine: AsyncEngine, segment_id: str) -> list[str | None]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT payload->>'correlationid' FROM outbox "
+                "WHERE event_type = 'metrics.updated' AND payload->>'subject' = :s ORDER BY id"
+            ),
+            {"s": segment_id},
+        )
+        return [row[0] for row in rows]
+
+
+@pytest.mark.asyncio
+async def test_a_change_during_a_recomputation_does_not_repeat_its_correlation_id(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    created = await api.post(
+        "/v1/segments", json={"name": "Raced"}, headers={"X-Correlation-ID": "make-raced"}
+    )
+    segment_id = created.json()["id"]
+    claims = await claim_stale_segments(clean_db, "tests", limit=1000, folding=NOW)
+    (claim,) = [c for c in claims if str(c.segment_id) == segment_id]
+    assert claim.correlation_id == "make-raced"
+    # A change without a request (an admin command, the erasure sweep) lands meanwhile.
+    async with clean_db.begin() as conn:
+        await mark_segments_stale(conn, [claim.segment_id])
+    async with clean_db.begin() as conn:
+        await recompute_segment_kpis(conn, claim)
+    await recompute_due(clean_db)
+    assert await announced_ids(clean_db, segment_id) == ["make-raced", None]

@@ -184,3 +184,37 @@ async def test_a_list_create_that_timed_out_is_not_made_twice(
     assert run["status"] == "succeeded", run
     assert list_members(state, "Slow") == {f"c{i}@example.com" for i in range(3)}
     assert state.stats.requests["POST /api/lists"] == 1  # the retry found it instead
+
+
+@pytest.mark.asyncio
+async def test_a_create_turned_away_with_429_after_a_timeout_is_looked_for_again(
+    harness: Harness, fake: tuple[klaviyo.KlaviyoState, str]
+) -> None:
+    state, url = fake
+    await harness.customers(*people(2))
+    segment_id = await harness.segment("Turned away", ["c0", "c1"])
+    destination_id = await destination(harness, url)
+    # The first create times out and is done 2.3 s after it arrived, after the first look
+    # found nothing; the second meets a 429; the look after that finds the list.
+    state.delay_next(2.3, when="before", method="POST", path="/api/lists")
+    state.fail_next(429, retry_after=1, method="POST", path="/api/lists")
+    run = await harness.sync(segment_id, destination_id)
+    assert run["status"] == "succeeded", run
+    assert list_members(state, "Turned away") == {"c0@example.com", "c1@example.com"}
+    assert state.stats.requests["POST /api/lists"] == 2
+
+
+@pytest.mark.asyncio
+async def test_a_create_whose_last_attempt_timed_out_is_looked_for_before_failing(
+    harness: Harness, fake: tuple[klaviyo.KlaviyoState, str]
+) -> None:
+    state, url = fake
+    await harness.customers(*people(2))
+    segment_id = await harness.segment("Last try", ["c0", "c1"])
+    destination_id = await destination(harness, url)
+    state.fail_next(503, count=5, method="POST", path="/api/lists")  # six attempts in all
+    state.delay_next(2.5, method="POST", path="/api/lists")  # done, answered too late
+    run = await harness.sync(segment_id, destination_id)
+    assert run["status"] == "succeeded", run
+    assert list_members(state, "Last try") == {"c0@example.com", "c1@example.com"}
+    assert state.stats.requests["POST /api/lists"] == 6

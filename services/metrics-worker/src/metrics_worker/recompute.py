@@ -77,9 +77,15 @@ _CLEAR = text(
     "DELETE FROM metrics_dirty_segments WHERE segment_id = :segment_id AND generation = :generation"
 )
 # The changes this computation missed came after its start: the mark is due again from there.
+# The correlation id it announced goes, unless a later change brought another.
 _KEEP = text(
-    "UPDATE metrics_dirty_segments SET claimed_until = NULL, claimed_by = NULL, marked_at = now() "
-    "WHERE segment_id = :segment_id"
+    """
+    UPDATE metrics_dirty_segments
+    SET claimed_until = NULL, claimed_by = NULL, marked_at = now(),
+        correlation_id = CASE WHEN correlation_id IS NOT DISTINCT FROM :correlation_id
+                              THEN NULL ELSE correlation_id END
+    WHERE segment_id = :segment_id
+    """
 )
 # After a failure the mark waits a little, so that a failing segment does not spin.
 _RETRY_LATER = text(
@@ -165,7 +171,9 @@ async def recompute_segment_kpis(conn: AsyncConnection, claim: Claim) -> bool:
         _CLEAR, {"segment_id": claim.segment_id, "generation": claim.generation}
     )
     if not cleared.rowcount:
-        await conn.execute(_KEEP, {"segment_id": claim.segment_id})
+        await conn.execute(
+            _KEEP, {"segment_id": claim.segment_id, "correlation_id": claim.correlation_id}
+        )
     await add_event(
         conn,
         MetricsUpdatedEvent(

@@ -115,7 +115,11 @@ class CommerceConnector:
                 recheck=lambda: self._find(name),
             )
         except CreatedMeanwhile as created:
-            return RemoteSegment(created.remote_id, name, "created")
+            # A timestamped name is this run's own; another is reconciled and checked not to
+            # be another segment's, as any group found by name.
+            if self.creates_new_segments:
+                return RemoteSegment(created.remote_id, name, "created")
+            return RemoteSegment(created.remote_id, name, "name")
         if response.status_code in (200, 201):
             return RemoteSegment(str(response.json()["id"]), name, "created")
         found = await self._find(name)  # a create that timed out may have happened

@@ -186,8 +186,10 @@ async def send(
     """Send with retries; returns the final non-retryable response (2xx or 4xx).
 
     A create is not idempotent: one that timed out or answered 5xx may have happened. Before
-    retrying it, `recheck` looks for it; when found, CreatedMeanwhile ends the retries."""
+    sending it again, and before giving up, `recheck` looks for it; when found,
+    CreatedMeanwhile ends the retries."""
     last_error = ""
+    maybe_done = False  # an attempt so far may have done what it asked
     for attempt in range(policy.attempts):
         try:
             response = await request()
@@ -195,7 +197,7 @@ async def send(
             reason = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
             last_error = f"{describe}: {reason} ({exc!r})"
             wait = policy.backoff(attempt)
-            may_have_happened = True
+            maybe_done = True
         else:
             if response.status_code in (401, 403):
                 raise AuthenticationFailed(
@@ -206,7 +208,7 @@ async def send(
                 return response
             reason = str(response.status_code)
             last_error = f"{describe}: HTTP {response.status_code} {response.text[:200]}"
-            may_have_happened = response.status_code >= 500  # a 429 was turned away
+            maybe_done = maybe_done or response.status_code >= 500  # a 429 was turned away
             vendor_delay = vendor_wait(response)
             if vendor_delay is not None and pause is not None and response.status_code == 429:
                 await pause(vendor_delay)
@@ -224,6 +226,23 @@ async def send(
             },
         )
         await asyncio.sleep(min(wait, policy.cap_seconds * 4))
-        if recheck is not None and may_have_happened and (found := await recheck()) is not None:
-            raise CreatedMeanwhile(found)
+        if recheck is not None and maybe_done:
+            await _look_for(recheck, last_error)
+    if recheck is not None and maybe_done:
+        await _look_for(recheck, last_error)
     raise ConnectorError(f"{vendor} kept failing after {policy.attempts} attempts: {last_error}")
+
+
+async def _look_for(recheck: Callable[[], Awaitable[str | None]], last_error: str) -> None:
+    """CreatedMeanwhile when `recheck` finds what a failed create asked for. A look-up that
+    fails ends the run, saying what the create met too."""
+    try:
+        found = await recheck()
+    except AuthenticationFailed:
+        raise
+    except ConnectorError as exc:
+        raise ConnectorError(
+            f"{last_error}; looking for it before sending it again failed too: {exc}"
+        ) from exc
+    if found is not None:
+        raise CreatedMeanwhile(found)

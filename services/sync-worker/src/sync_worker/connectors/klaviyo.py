@@ -134,7 +134,8 @@ class KlaviyoConnector:
                 recheck=lambda: self._find(name),
             )
         except CreatedMeanwhile as created:
-            return RemoteSegment(created.remote_id, name, "created")
+            # Found by name: reconciled, and checked not to be another segment's.
+            return RemoteSegment(created.remote_id, name, "name")
         self._require(response, f"creating the list {name!r}", (201,))
         return RemoteSegment(str(response.json()["data"]["id"]), name, "created")
 

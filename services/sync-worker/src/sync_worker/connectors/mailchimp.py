@@ -96,7 +96,8 @@ class MailchimpConnector:
                 recheck=lambda: self._find(name),
             )
         except CreatedMeanwhile as created:
-            return RemoteSegment(created.remote_id, name, "created")
+            # Found by name: reconciled, and checked not to be another segment's.
+            return RemoteSegment(created.remote_id, name, "name")
         if response.status_code == 200:
             return RemoteSegment(str(response.json()["id"]), name, "created")
         # A create that timed out may have happened after all: look again.

@@ -108,7 +108,8 @@ class SendGridConnector:
                 recheck=lambda: self._find(name),
             )
         except CreatedMeanwhile as created:
-            return RemoteSegment(created.remote_id, name, "created")
+            # Found by name: reconciled, and checked not to be another segment's.
+            return RemoteSegment(created.remote_id, name, "name")
         if response.status_code in (200, 201):
             return RemoteSegment(str(response.json()["id"]), name, "created")
         found = await self._find(name)  # a create that timed out may have happened
