@@ -74,31 +74,6 @@ _SPLIT = """
     -- primary key), each in customer order.
     ORDER BY part, customer_id
 """
-# The same split for a few parts, without the second sort (by part and customer: half the
-# time of the statement above for two parts of 500,000, measured): the (hash, customer) at
-# each part's lower bound, then each part read from the primary key in customer order.
-_SPLIT_BOUNDS = """
-    WITH ranked AS (
-        SELECT customer_id, hashtextextended(customer_id::text, $2) AS hash,
-               row_number() OVER (ORDER BY hashtextextended(customer_id::text, $2),
-                                           customer_id) - 1 AS position
-        FROM segment_members WHERE segment_id = $1
-    )
-    SELECT position, hash, customer_id FROM ranked WHERE position = ANY($3::bigint[])
-"""
-_SPLIT_PART = """
-    INSERT INTO segment_members (segment_id, customer_id)
-    SELECT $1, customer_id FROM segment_members
-    WHERE segment_id = $2
-      AND ($4::bigint IS NULL
-           OR (hashtextextended(customer_id::text, $3), customer_id) >= ($4, $5::bigint))
-      AND ($6::bigint IS NULL
-           OR (hashtextextended(customer_id::text, $3), customer_id) < ($6, $7::bigint))
-    ORDER BY customer_id
-"""
-# Up to this many parts, reading the source once per part beats sorting it a second time.
-SCANNED_PARTS_UP_TO = 4
-
 # Sizes (the diagonal, a = b) and the intersection of every pair, in one snapshot. A size is
 # the segment's member_count, which every membership change updates in its own transaction,
 # so in any snapshot it equals the members counted (a count scanned 500,000 keys per
@@ -245,18 +220,6 @@ async def split(
 ) -> dict[uuid.UUID, int]:
     """Each part's count: the positions of its range that exist (a member erased meanwhile
     shortens the last ranges)."""
-    if len(parts) <= SCANNED_PARTS_UP_TO:
-        return await split_scanned(conn, source, seed, lower_bounds, parts)
-    return await split_sorted(conn, source, seed, lower_bounds, parts)
-
-
-async def split_sorted(
-    conn: AsyncConnection,
-    source: uuid.UUID,
-    seed: int,
-    lower_bounds: Sequence[int],
-    parts: Sequence[uuid.UUID],
-) -> dict[uuid.UUID, int]:
     driver = await driver_connection(conn)
     status = await driver.execute(_SPLIT, source, seed, list(lower_bounds), list(parts))
     total = _inserted(status)
@@ -265,35 +228,6 @@ async def split_sorted(
         part: max(0, min(high, total) - low)
         for part, low, high in zip(parts, lower_bounds, upper, strict=True)
     }
-
-
-async def split_scanned(
-    conn: AsyncConnection,
-    source: uuid.UUID,
-    seed: int,
-    lower_bounds: Sequence[int],
-    parts: Sequence[uuid.UUID],
-) -> dict[uuid.UUID, int]:
-    """The same parts as split_sorted. A part starting past the last member (one erased
-    meanwhile) has no bound row: it is empty, and the part before it runs to the end."""
-    driver = await driver_connection(conn)
-    rows = await driver.fetch(_SPLIT_BOUNDS, source, seed, list(lower_bounds[1:]))
-    found = {row["position"]: (row["hash"], row["customer_id"]) for row in rows}
-    bounds = [None, *(found.get(position) for position in lower_bounds[1:])]
-    added: dict[uuid.UUID, int] = {}
-    for index, part in enumerate(parts):
-        last = index + 1 == len(parts)
-        empty = not last and lower_bounds[index + 1] == lower_bounds[index]
-        low = bounds[index]
-        if empty or (index and low is None):
-            added[part] = 0
-            continue
-        high = None if last else bounds[index + 1]
-        status = await driver.execute(
-            _SPLIT_PART, part, source, seed, *(low or (None, None)), *(high or (None, None))
-        )
-        added[part] = _inserted(status)
-    return added
 
 
 async def insert_selected(
