@@ -100,8 +100,9 @@ class AuthenticationFailed(ConnectorError):
 
 
 class CreatedMeanwhile(Exception):
-    """A create that timed out or failed was about to be retried, and a look-up found what
-    it was creating: the vendor did it after all. Retrying would make a second one."""
+    """A create that timed out or answered 5xx was about to be sent again (or given up), and
+    a look-up found what it was creating: the vendor did it after all. Sending it again would
+    make a second one."""
 
     def __init__(self, remote_id: str) -> None:
         super().__init__(remote_id)
