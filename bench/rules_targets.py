@@ -46,12 +46,15 @@ BARE = {
         JOIN segment_members b ON b.segment_id = :b AND b.customer_id = a.customer_id
         WHERE a.segment_id = :a ORDER BY a.customer_id
     """,
+    # A merge anti-join: the ordered subquery behind OFFSET 0 keeps PostgreSQL from hashing
+    # one side and sorting the result, as it does for the same NOT EXISTS.
     "difference": """
         INSERT INTO segment_members (segment_id, customer_id)
-        SELECT :target, customer_id FROM segment_members m WHERE segment_id = :a
-          AND NOT EXISTS (SELECT 1 FROM segment_members o
-                          WHERE o.segment_id = :b AND o.customer_id = m.customer_id)
-        ORDER BY customer_id
+        SELECT :target, a.customer_id FROM segment_members a
+        LEFT JOIN (SELECT customer_id FROM segment_members WHERE segment_id = :b
+                   ORDER BY customer_id OFFSET 0) b ON b.customer_id = a.customer_id
+        WHERE a.segment_id = :a AND b.customer_id IS NULL
+        ORDER BY a.customer_id
     """,
     "split": """
         INSERT INTO segment_members (segment_id, customer_id)

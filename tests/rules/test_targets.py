@@ -95,7 +95,7 @@ async def test_combine_is_set_arithmetic_and_leaves_the_sources(
 
 
 @pytest.mark.asyncio
-async def test_intersect_of_the_most_segments_a_request_may_name(api: httpx.AsyncClient) -> None:
+async def test_combine_of_the_most_segments_a_request_may_name(api: httpx.AsyncClient) -> None:
     """Fifty segments: one join per segment, past the planner's join-collapse limit."""
     await make_customers(api, *({"external_id": c} for c in CUSTOMERS))
     # Segment i holds every customer but the i-th: all fifty share the last ten.
@@ -111,6 +111,20 @@ async def test_intersect_of_the_most_segments_a_request_may_name(api: httpx.Asyn
         assert response.status_code == 201, response.text
         assert response.json()["member_count"] == len(want)
         assert await member_ids(api, response.json()["id"]) == want
+    # Everyone less 49 single customers.
+    singles = [await with_members(api, f"Only {i}", [CUSTOMERS[i]]) for i in range(1, 50)]
+    response = await api.post(
+        "/v1/segments/combine",
+        json={
+            "operation": "difference",
+            "segment_ids": [response.json()["id"], *singles],
+            "name": "difference",
+        },
+    )
+    assert response.status_code == 201, response.text
+    want = set(CUSTOMERS[:1] + CUSTOMERS[50:])
+    assert response.json()["member_count"] == len(want)
+    assert await member_ids(api, response.json()["id"]) == want
 
 
 @pytest.mark.asyncio
