@@ -124,6 +124,59 @@ async def test_nul_in_any_query_or_path_parameter_is_422_naming_it(
 
 
 @pytest.mark.asyncio
+async def test_a_lone_surrogate_in_any_json_string_is_422_naming_it(
+    api: httpx.AsyncClient, row_counts: Snapshot
+) -> None:
+    """A lone "\\ud800" is valid JSON, but half a UTF-16 pair is no text: nothing stores it."""
+    segment_id, other = await make_segment(api), await make_segment(api, "Other")
+    await api.put("/v1/customers/c1", json={})
+    before = await row_counts()
+    rule = '{"field": "first_name", "op": "in", "value": ["a", "\\udfff"]}'
+    for method, path, raw, pointers in (
+        ("PUT", "/v1/customers/c2", '{"first_name": "\\ud800"}', ["/first_name"]),
+        ("PUT", "/v1/customers/c2", '{"attributes": {"\\ud800k": 1}}', ["/attributes/\\ud800k"]),
+        ("POST", "/v1/segments/preview", f'{{"rule": {rule}}}', ["/rule/value/1"]),
+        (
+            "POST",
+            "/v1/segments",
+            f'{{"name": "R", "definition": {{"type": "rule", "rule": {rule}}}}}',
+            ["/definition/rule/value/1"],
+        ),
+        (
+            "POST",
+            "/v1/segments/combine",
+            f'{{"operation": "union", "segment_ids": ["{segment_id}", "{other}"], '
+            '"name": "U", "description": "a\\ud800b"}',
+            ["/description"],
+        ),
+        (
+            "POST",
+            f"/v1/segments/{segment_id}/reduce",
+            '{"max_size": 1, "name": "Rd", "seed": "\\udc00", "order_by": "random"}',
+            ["/seed"],
+        ),
+    ):
+        response = await api.request(
+            method, path, content=raw.encode(), headers={"Content-Type": "application/json"}
+        )
+        problem = assert_problem(response, 422)
+        assert [error["pointer"] for error in problem["errors"]] == pointers, (path, problem)
+        assert "surrogate" in problem["errors"][0]["detail"]
+    assert await row_counts() == before
+    # A whole pair is one character, and an escaped backslash is no surrogate.
+    response = await api.put(
+        "/v1/customers/c3",
+        content=b'{"first_name": "\\ud83d\\ude00", "last_name": "\\\\ud800"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 201, response.text
+    assert (response.json()["first_name"], response.json()["last_name"]) == (
+        "\U0001f600",
+        "\\ud800",
+    )
+
+
+@pytest.mark.asyncio
 async def test_forged_cursors_out_of_range_are_422(
     api: httpx.AsyncClient, row_counts: Snapshot
 ) -> None:
@@ -169,6 +222,8 @@ async def test_nan_and_out_of_range_money_are_422(
         ("-1.00", "2026-01-01T00:00:00Z", "/total"),
         ("1.001", "2026-01-01T00:00:00Z", "/total"),
         ("1.00", "2026-01-01T00:00:00", "/placed_at"),  # no time zone
+        ("1.00", "9999-12-31T23:00:00-05:00", "/placed_at"),  # year 10000 in UTC
+        ("1.00", "0001-01-01T00:00:00+00:01", "/placed_at"),  # year 0 in UTC
         (12.5, "2026-01-01T00:00:00Z", "/total"),  # money is a decimal string
     ):
         body = {"customer_external_id": "c1", "total": total, "placed_at": placed_at}

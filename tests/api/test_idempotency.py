@@ -41,7 +41,9 @@ async def test_replay_returns_the_first_response_and_creates_once(
 
     other_body = await api.post("/v1/segments", json={"name": "Other"}, headers=headers)
     problem = assert_problem(other_body, 422)
-    assert problem["errors"][0]["header"] == "Idempotency-Key"
+    [error] = problem["errors"]
+    assert (set(error), error["parameter"]) == ({"parameter", "detail"}, "Idempotency-Key")
+    assert problem["instance"] == "/v1/segments"
     assert await user_segments(clean_db) == 1
 
     # An error answer is replayed too: the request did nothing, and does nothing again.
@@ -71,7 +73,7 @@ async def test_bad_keys_are_refused(api: httpx.AsyncClient, clean_db: AsyncEngin
     response = await api.post(
         "/v1/segments", json={"name": "A"}, headers={"Idempotency-Key": "x" * 256}
     )
-    assert assert_problem(response, 422)["errors"][0]["header"] == "Idempotency-Key"
+    assert assert_problem(response, 422)["errors"][0]["parameter"] == "Idempotency-Key"
     assert await user_segments(clean_db) == 0
 
 

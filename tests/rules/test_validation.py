@@ -82,6 +82,21 @@ BAD: list[tuple[object, str, str]] = [
     ({"field": "created_at", "op": "gt", "value": "2026-01-01"}, "/value", "time zone"),
     ({"field": "created_at", "op": "gt", "value": "yesterday"}, "/value", "RFC 3339"),
     ({"field": "created_at", "op": "gt", "value": 1700000000}, "/value", "RFC 3339"),
+    # Valid in their own offsets, beyond year 9999 or before year 1 in UTC.
+    (
+        {"field": "created_at", "op": "lt", "value": "9999-12-31T23:00:00-05:00"},
+        "/value",
+        "9999-12-31 in UTC",
+    ),
+    (
+        {
+            "field": "last_order_at",
+            "op": "between",
+            "value": ["0001-01-01T00:00:00+05:00", "2026-01-01T00:00:00Z"],
+        },
+        "/value/0",
+        "0001-01-01",
+    ),
     ({"field": "created_at", "op": "within_last_days", "value": 0}, "/value", "above 0"),
     ({"field": "created_at", "op": "within_last_days", "value": -3}, "/value", "above 0"),
     ({"field": "created_at", "op": "within_last_days", "value": "30"}, "/value", "days"),

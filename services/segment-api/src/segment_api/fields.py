@@ -1,7 +1,10 @@
 """Field types shared by the request models: what PostgreSQL can store, checked up front so
 bad input is a 422 naming the field, never a 500 from the database."""
 
+import json
 import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -42,6 +45,60 @@ async def refuse_nul_parameters(request: Request) -> None:
         raise ProblemException(
             422, f"{errors[0]['parameter']}: {errors[0]['detail']}", errors=errors
         )
+
+
+# Any \uD800 to \uDFFF escape; only a lone one survives decoding as a surrogate character.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _pointer_token(key: str) -> str:
+    """A JSON pointer token (RFC 6901), a lone surrogate shown as its escape."""
+    token = key.replace("~", "~0").replace("/", "~1")
+    return token.encode("utf-8", "backslashreplace").decode()
+
+
+def _lone_surrogates(value: object, pointer: str = "") -> Iterator[str]:
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            yield pointer
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{pointer}/{_pointer_token(key)}"
+            if _SURROGATE.search(key):
+                yield child
+            yield from _lone_surrogates(item, child)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _lone_surrogates(item, f"{pointer}/{index}")
+
+
+async def refuse_lone_surrogates(request: Request) -> None:
+    """A dependency of every route: a JSON string holding half of a UTF-16 surrogate pair
+    ("\\ud800") is valid JSON but no text: it cannot be stored or sent on as UTF-8. A 422
+    naming each such string, before any field sees it. The raw body is searched first, so
+    most requests are never decoded twice."""
+    body = await request.body()
+    if not _SURROGATE_ESCAPE.search(body):
+        return
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return  # not JSON: the body's own validation says so
+    detail = "must not contain a lone UTF-16 surrogate (half of a pair, such as \\ud800)"
+    errors = [{"pointer": pointer, "detail": detail} for pointer in _lone_surrogates(document)]
+    if errors:
+        raise ProblemException(422, f"{errors[0]['pointer']}: {detail}", errors=errors)
+
+
+def in_utc_range(value: datetime) -> datetime:
+    """pydantic bounds the year to 1..9999 in the value's own offset; in UTC, as it is
+    stored, it must stay within those years too (9999-12-31T23:00:00-05:00 does not)."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must fall between 0001-01-01 and 9999-12-31 in UTC") from None
+    return value
 
 
 # The WHATWG "valid email address" (what browsers accept in <input type=email>), with a dot
@@ -87,8 +144,8 @@ Email = Annotated[
         }
     ),
 ]
-# pydantic bounds years to 1..9999, inside PostgreSQL's range; naive times are refused.
-Timestamp = AwareDatetime
+# Years 1..9999 in UTC, inside PostgreSQL's range; naive times are refused.
+Timestamp = Annotated[AwareDatetime, AfterValidator(in_utc_range)]
 MONEY_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,2})?$"
 
 

@@ -286,7 +286,8 @@ async def _header_error(scope: Scope, receive: Receive, send: Send, detail: str)
     response = problem_response(
         422,
         f"Idempotency-Key: {detail}",
-        errors=[{"header": "Idempotency-Key", "detail": detail}],
+        errors=[{"parameter": "Idempotency-Key", "detail": detail}],
+        instance=scope["path"],
     )
     await response(scope, receive, send)
 

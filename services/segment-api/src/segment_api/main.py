@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from segment_api.customers.router import router as customers_router
 from segment_api.deps import ApiKeyCache
 from segment_api.destinations.router import router as destinations_router
-from segment_api.fields import refuse_nul_parameters
+from segment_api.fields import refuse_lone_surrogates, refuse_nul_parameters
 from segment_api.idempotency import IdempotencyMiddleware, purge_expired_keys
 from segment_api.middleware import BodyLimitMiddleware, CorrelationMiddleware
 from segment_api.orders.router import router as orders_router
@@ -105,7 +105,7 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
         description=DESCRIPTION,
         lifespan=lifespan,
         responses={},
-        dependencies=[Depends(refuse_nul_parameters)],
+        dependencies=[Depends(refuse_nul_parameters), Depends(refuse_lone_surrogates)],
     )
     app.state.settings = settings
     app.state.api_keys = ApiKeyCache(settings.api_key_cache_seconds)

@@ -56,11 +56,11 @@ _TYPES = {
 
 
 class ProblemError(BaseModel):
-    """One invalid field: a JSON pointer into the body, or a query parameter."""
+    """One invalid field: a JSON pointer into the body, or the name of a query, path or
+    header parameter (headers are parameters in OpenAPI too)."""
 
     pointer: str | None = None
     parameter: str | None = None
-    header: str | None = None
     detail: str
 
 
@@ -147,8 +147,6 @@ def _describe(error: dict[str, Any], body: Any = _MISSING) -> dict[str, Any]:
         path = _body_path(location[1:], body, error.get("type") == "missing")
         return {"pointer": "".join("/" + _escape(part) for part in path), "detail": message}
     name = str(location[1]) if len(location) > 1 else ""
-    if source == "header":
-        return {"header": name, "detail": message}
     return {"parameter": name, "detail": message}
 
 
@@ -193,8 +191,7 @@ def validation_problem(
             merged[place]["detail"] += " or " + item["detail"]
     unique = list(merged.values())
     detail = "; ".join(
-        f"{item.get('pointer') or item.get('parameter') or item.get('header') or '/'}: "
-        f"{item['detail']}"
+        f"{item.get('pointer') or item.get('parameter') or '/'}: {item['detail']}"
         for item in unique[:5]
     )
     return problem_response(422, detail, errors=unique, instance=instance)

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
+from segment_api.fields import in_utc_range
 from segment_api.rules.catalogue import (
     ALL_OPERATORS,
     ENUM_VALUES,
@@ -289,9 +290,13 @@ def _timestamp(value: object) -> tuple[Scalar | None, str | None]:
     if not isinstance(value, str):
         return None, problem
     try:
-        return _TIMESTAMP.validate_python(value), None
+        stamp = _TIMESTAMP.validate_python(value)
     except ValidationError:
         return None, problem
+    try:
+        return in_utc_range(stamp), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def _attribute_value(op: str, value: object) -> tuple[Scalar | None, str | None]:
