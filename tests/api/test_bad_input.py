@@ -47,6 +47,8 @@ CUSTOMER_CASES = [
     ("attribute of no allowed type", {"attributes": {"k": [1]}}, "/attributes/k"),
     ("null attribute", {"attributes": {"k": None}}, "/attributes/k"),
     ("attribute too long", {"attributes": {"k": "x" * 1001}}, "/attributes/k"),
+    # Too long a string, even if it reads as a number.
+    ("numeric attribute too long", {"attributes": {"k": "0" * 1000 + "7"}}, "/attributes/k"),
     # Keys named like the union's members are no confusion.
     ("attribute named bool", {"attributes": {"bool": {"float": 1}}}, "/attributes/bool"),
     ("attribute NUL", {"attributes": {"float": "a\u0000"}}, "/attributes/float"),
@@ -162,6 +164,20 @@ async def test_a_lone_surrogate_in_any_json_string_is_422_naming_it(
         problem = assert_problem(response, 422)
         assert [error["pointer"] for error in problem["errors"]] == pointers, (path, problem)
         assert "surrogate" in problem["errors"][0]["detail"]
+    # The same as raw bytes json.loads decodes anyway: UTF-8 of a surrogate, and UTF-16.
+    for raw_bytes, pointers in (
+        (b'{"first_name": "\xed\xa0\x80"}', ["/first_name"]),
+        (
+            b'{"last_name": "\xed\xbf\xbf", "first_name": "\xed\xa0\x80"}',
+            ["/last_name", "/first_name"],
+        ),
+        ('{"first_name": "\ud800"}'.encode("utf-16", "surrogatepass"), ["/first_name"]),
+    ):
+        response = await api.put(
+            "/v1/customers/c2", content=raw_bytes, headers={"Content-Type": "application/json"}
+        )
+        problem = assert_problem(response, 422)
+        assert [error["pointer"] for error in problem["errors"]] == pointers, raw_bytes
     assert await row_counts() == before
     # A whole pair is one character, and an escaped backslash is no surrogate.
     response = await api.put(
@@ -224,6 +240,9 @@ async def test_nan_and_out_of_range_money_are_422(
         ("1.00", "2026-01-01T00:00:00", "/placed_at"),  # no time zone
         ("1.00", "9999-12-31T23:00:00-05:00", "/placed_at"),  # year 10000 in UTC
         ("1.00", "0001-01-01T00:00:00+00:01", "/placed_at"),  # year 0 in UTC
+        ("1.00", 0, "/placed_at"),  # no Unix times, as numbers or digits
+        ("1.00", "1700000000", "/placed_at"),
+        ("1.00", "253402318800", "/placed_at"),
         (12.5, "2026-01-01T00:00:00Z", "/total"),  # money is a decimal string
     ):
         body = {"customer_external_id": "c1", "total": total, "placed_at": placed_at}

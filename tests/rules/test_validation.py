@@ -82,6 +82,7 @@ BAD: list[tuple[object, str, str]] = [
     ({"field": "created_at", "op": "gt", "value": "2026-01-01"}, "/value", "time zone"),
     ({"field": "created_at", "op": "gt", "value": "yesterday"}, "/value", "RFC 3339"),
     ({"field": "created_at", "op": "gt", "value": 1700000000}, "/value", "RFC 3339"),
+    ({"field": "created_at", "op": "gt", "value": "1700000000"}, "/value", "RFC 3339"),
     # Valid in their own offsets, beyond year 9999 or before year 1 in UTC.
     (
         {"field": "created_at", "op": "lt", "value": "9999-12-31T23:00:00-05:00"},

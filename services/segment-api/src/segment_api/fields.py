@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     StrictBool,
     ValidationError,
     ValidatorFunctionWrapHandler,
@@ -47,8 +48,9 @@ async def refuse_nul_parameters(request: Request) -> None:
         )
 
 
-# Any \uD800 to \uDFFF escape; only a lone one survives decoding as a surrogate character.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Any \uD800 to \uDFFF escape, or the same encoded as UTF-8 (ED A0 80 to ED BF BF), which
+# json.loads also decodes: a lone one survives decoding as a surrogate character.
+_SURROGATE_IN_BODY = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -79,7 +81,8 @@ async def refuse_lone_surrogates(request: Request) -> None:
     naming each such string, before any field sees it. The raw body is searched first, so
     most requests are never decoded twice."""
     body = await request.body()
-    if not _SURROGATE_ESCAPE.search(body):
+    # json.loads also reads UTF-16 and UTF-32 bodies, in which the search cannot look.
+    if not _SURROGATE_IN_BODY.search(body) and json.detect_encoding(body) == "utf-8":
         return
     try:
         document = json.loads(body)
@@ -89,6 +92,22 @@ async def refuse_lone_surrogates(request: Request) -> None:
     errors = [{"pointer": pointer, "detail": detail} for pointer in _lone_surrogates(document)]
     if errors:
         raise ProblemException(422, f"{errors[0]['pointer']}: {detail}", errors=errors)
+
+
+TIMESTAMP_PROBLEM = "must be an RFC 3339 timestamp with a time zone, such as 2026-01-31T00:00:00Z"
+_TIMESTAMP_START = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
+
+
+def looks_like_timestamp(value: object) -> bool:
+    """A date and a time of day: pydantic would also read a number, or a string of digits,
+    as Unix time (in seconds or milliseconds, by its size)."""
+    return isinstance(value, str) and _TIMESTAMP_START.match(value) is not None
+
+
+def _timestamp_text(value: object) -> object:
+    if not looks_like_timestamp(value):
+        raise ValueError(TIMESTAMP_PROBLEM)
+    return value
 
 
 def in_utc_range(value: datetime) -> datetime:
@@ -145,7 +164,7 @@ Email = Annotated[
     ),
 ]
 # Years 1..9999 in UTC, inside PostgreSQL's range; naive times are refused.
-Timestamp = Annotated[AwareDatetime, AfterValidator(in_utc_range)]
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_timestamp_text), AfterValidator(in_utc_range)]
 MONEY_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,2})?$"
 
 
@@ -216,8 +235,9 @@ def _one_attribute_error(value: object, handler: ValidatorFunctionWrapHandler) -
 
 AttributeValue = Annotated[
     StrictBool
-    | Annotated[int, Field(ge=-(10**15), le=10**15)]
-    | Annotated[float, Field(allow_inf_nan=False)]
+    # Strict: a string that fails the string member (too long) is no number either.
+    | Annotated[int, Strict(), Field(ge=-(10**15), le=10**15)]
+    | Annotated[float, Strict(), Field(allow_inf_nan=False)]
     | Annotated[str, Field(max_length=1000), AfterValidator(_no_nul)],
     WrapValidator(_one_attribute_error),
 ]

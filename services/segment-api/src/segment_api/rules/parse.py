@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
-from segment_api.fields import in_utc_range
+from segment_api.fields import TIMESTAMP_PROBLEM, in_utc_range, looks_like_timestamp
 from segment_api.rules.catalogue import (
     ALL_OPERATORS,
     ENUM_VALUES,
@@ -286,13 +286,12 @@ def _text_value(spec: FieldSpec, op: str, value: object) -> tuple[Scalar | None,
 
 
 def _timestamp(value: object) -> tuple[Scalar | None, str | None]:
-    problem = "must be an RFC 3339 timestamp with a time zone, such as 2026-01-31T00:00:00Z"
-    if not isinstance(value, str):
-        return None, problem
+    if not looks_like_timestamp(value):
+        return None, TIMESTAMP_PROBLEM
     try:
         stamp = _TIMESTAMP.validate_python(value)
     except ValidationError:
-        return None, problem
+        return None, TIMESTAMP_PROBLEM
     try:
         return in_utc_range(stamp), None
     except ValueError as exc:
