@@ -208,6 +208,34 @@ async def test_forged_cursors_out_of_range_are_422(
         ):
             problem = assert_problem(await api.get(path), 422)
             assert [error["parameter"] for error in problem["errors"]] == ["cursor"], path
+    # Well-formed cursors holding what no page of ours ends with.
+    nil = "00000000-0000-0000-0000-000000000000"
+    forged: list[tuple[str, tuple[Any, ...]]] = [
+        (path, (key,))
+        for path in (
+            "/v1/customers",
+            f"/v1/segments/{segment_id}/members",
+            f"/v1/segments/{segment_id}/history",
+            f"/v1/segments/{segment_id}/syncs",
+        )
+        for key in (True, 1.5, "1", None, [1])
+    ] + [
+        (path, values)
+        for path in ("/v1/segments", "/v1/destinations")
+        for values in (
+            ("2026-01-01T00:00:00+00:00", 1),
+            (1, nil),
+            ("9999-12-31T23:59:59-05:00", nil),  # year 10000 in UTC
+            ("0001-01-01T00:00:00+01:00", nil),
+            ("2026-01-01T00:00:00", nil),  # no time zone
+            ("yesterday", nil),
+            ("2026-01-01T00:00:00+00:00", "not-a-uuid"),
+        )
+    ]
+    for path, values in forged:
+        response = await api.get(f"{path}?cursor={encode_cursor(*values)}")
+        problem = assert_problem(response, 422)
+        assert [error["parameter"] for error in problem["errors"]] == ["cursor"], (path, values)
     for value in (2**63 - 1, -(2**63)):  # the ends of bigint are cursors like any other
         response = await api.get(f"/v1/customers?cursor={encode_cursor(value)}")
         assert response.status_code == 200, response.text

@@ -3,6 +3,8 @@
 import base64
 import binascii
 import json
+import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
@@ -36,12 +38,37 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
         padded = cursor + "=" * (-len(cursor) % 4)
         values = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise parameter_error("cursor", "the cursor is not one this API issued") from exc
-    if not isinstance(values, list) or len(values) != arity or not all(map(_fits, values)):
-        raise parameter_error("cursor", "the cursor is not one this API issued")
+        raise _forged() from exc
+    if not isinstance(values, list) or len(values) != arity:
+        raise _forged()
     return values
 
 
-def _fits(value: object) -> bool:
-    """Integers in cursors are bigint keys: a forged one beyond that range cannot be bound."""
-    return not isinstance(value, int) or BIGINT_MIN <= value <= BIGINT_MAX
+def decode_key_cursor(cursor: str) -> int:
+    """A cursor of one bigint key (a customer, a history entry, a sync run)."""
+    (key,) = decode_cursor(cursor, 1)
+    # bool is an int to Python, not to PostgreSQL; a key beyond bigint cannot be bound.
+    if isinstance(key, bool) or not isinstance(key, int) or not BIGINT_MIN <= key <= BIGINT_MAX:
+        raise _forged()
+    return key
+
+
+def decode_created_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """A cursor of (created_at, id), as segments and destinations are listed."""
+    created_at, row_id = decode_cursor(cursor, 2)
+    if not isinstance(created_at, str) or not isinstance(row_id, str):
+        raise _forged()
+    try:
+        moment = datetime.fromisoformat(created_at)
+        # Bound in UTC: a time beyond year 9999 there cannot be encoded.
+        moment.astimezone(UTC)
+        row = uuid.UUID(row_id)
+    except (ValueError, OverflowError) as exc:
+        raise _forged() from exc
+    if moment.tzinfo is None:
+        raise _forged()
+    return moment, row
+
+
+def _forged() -> Exception:
+    return parameter_error("cursor", "the cursor is not one this API issued")

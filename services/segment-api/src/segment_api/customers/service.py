@@ -6,8 +6,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from segment_api.customers import repository
 from segment_api.customers.schemas import BulkResult, Customer, CustomerIn, CustomersBulk
 from segment_api.events import SOURCE
-from segment_api.pagination import decode_cursor, encode_cursor
-from segment_api.problems import ProblemException, not_found, parameter_error
+from segment_api.pagination import decode_key_cursor, encode_cursor
+from segment_api.problems import ProblemException, not_found
 from segment_api.rules.queue import note_data_changed
 from segment_api.segments.service import record_membership_change
 from segments_shared.bus.outbox import add_event, add_events
@@ -94,9 +94,7 @@ async def list_customers(
 ) -> tuple[list[Customer], str | None]:
     after = 0
     if cursor:
-        (after,) = decode_cursor(cursor, 1)
-        if not isinstance(after, int):
-            raise parameter_error("cursor", "the cursor is not one this API issued")
+        after = decode_key_cursor(cursor)
     rows = await repository.list_customers(conn, email, after, limit + 1)
     items = [to_customer(row) for row in rows[:limit]]
     next_cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None

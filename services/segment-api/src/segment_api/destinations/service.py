@@ -2,7 +2,6 @@
 masked, `version` bumped by every edit (the ETag)."""
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,8 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segment_api.destinations import repository
 from segment_api.destinations.schemas import Destination, DestinationCreate, DestinationUpdate
-from segment_api.pagination import decode_cursor, encode_cursor
-from segment_api.problems import ProblemException, not_found, parameter_error
+from segment_api.pagination import decode_created_cursor, encode_cursor
+from segment_api.problems import ProblemException, not_found
 from segment_api.segments.service import check_if_match
 from segments_shared.db.types import AnyRow
 from segments_shared.destinations import (
@@ -103,14 +102,6 @@ async def get_destination(
     return to_destination(row, secret_box)
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    created_at, destination_id = decode_cursor(cursor, 2)
-    try:
-        return datetime.fromisoformat(created_at), uuid.UUID(destination_id)
-    except (TypeError, ValueError) as exc:
-        raise parameter_error("cursor", "the cursor is not one this API issued") from exc
-
-
 async def list_destinations(
     conn: AsyncConnection,
     secret_box: SecretBox | None,
@@ -119,7 +110,7 @@ async def list_destinations(
     cursor: str | None,
     limit: int,
 ) -> tuple[list[Destination], str | None]:
-    after = _decode_cursor(cursor) if cursor else None
+    after = decode_created_cursor(cursor) if cursor else None
     rows = await repository.list_page(
         conn, destination_type=destination_type, after=after, limit=limit
     )

@@ -1,14 +1,13 @@
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segment_api.events import SOURCE
 from segment_api.fields import money_str
-from segment_api.pagination import decode_cursor, encode_cursor
-from segment_api.problems import ProblemException, field_error, not_found, parameter_error
+from segment_api.pagination import decode_created_cursor, decode_key_cursor, encode_cursor
+from segment_api.problems import ProblemException, field_error, not_found
 from segment_api.rules import queue
 from segment_api.rules import repository as rules_repository
 from segment_api.rules.definition import is_rule
@@ -118,14 +117,6 @@ async def create_segment(conn: AsyncConnection, body: SegmentCreate, key: ApiKey
     return segment
 
 
-def _decode_segment_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    created_at, segment_id = decode_cursor(cursor, 2)
-    try:
-        return datetime.fromisoformat(created_at), uuid.UUID(segment_id)
-    except (TypeError, ValueError) as exc:
-        raise parameter_error("cursor", "the cursor is not one this API issued") from exc
-
-
 async def list_segments(
     conn: AsyncConnection,
     *,
@@ -136,7 +127,7 @@ async def list_segments(
     cursor: str | None,
     limit: int,
 ) -> tuple[list[Segment], str | None]:
-    after = _decode_segment_cursor(cursor) if cursor else None
+    after = decode_created_cursor(cursor) if cursor else None
     rows = await repository.list_views(
         conn, kind=kind, status=status, active=active, q=q, after=after, limit=limit
     )
@@ -237,9 +228,7 @@ async def list_members(
 ) -> tuple[list[Member], str | None]:
     after = None
     if cursor:
-        (after,) = decode_cursor(cursor, 1)
-        if not isinstance(after, int):
-            raise parameter_error("cursor", "the cursor is not one this API issued")
+        after = decode_key_cursor(cursor)
     if not await repository.exists(conn, segment_id):
         raise not_found("segment", segment_id)
     rows = await repository.list_members(conn, segment_id, after, limit)
@@ -428,9 +417,7 @@ async def list_history(
 ) -> tuple[list[HistoryEntry], str | None]:
     before = 2**62
     if cursor:
-        (before,) = decode_cursor(cursor, 1)
-        if not isinstance(before, int):
-            raise parameter_error("cursor", "the cursor is not one this API issued")
+        before = decode_key_cursor(cursor)
     if not await repository.exists(conn, segment_id):
         raise not_found("segment", segment_id)
     rows = await repository.history(conn, segment_id, before, limit + 1)

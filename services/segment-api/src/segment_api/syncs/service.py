@@ -8,8 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segment_api.destinations import repository as destinations
 from segment_api.events import SOURCE
-from segment_api.pagination import decode_cursor, encode_cursor
-from segment_api.problems import ProblemException, not_found, parameter_error
+from segment_api.pagination import decode_key_cursor, encode_cursor
+from segment_api.problems import ProblemException, not_found
 from segment_api.segments import repository as segments
 from segment_api.syncs import repository
 from segment_api.syncs.schemas import (
@@ -66,9 +66,7 @@ async def list_runs(
 ) -> tuple[list[SyncRun], str | None]:
     before = None
     if cursor:
-        (before,) = decode_cursor(cursor, 1)
-        if not isinstance(before, int):
-            raise parameter_error("cursor", "the cursor is not one this API issued")
+        before = decode_key_cursor(cursor)
     if not await segments.exists(conn, segment_id):
         raise not_found("segment", segment_id)
     rows = await repository.list_runs(
