@@ -301,3 +301,22 @@ async def test_customer_shows_rfm_scores_and_erasure_removes_them(
     async with clean_db.connect() as conn:
         left = await conn.execute(text("SELECT count(*) FROM customer_rfm"))
         assert left.scalar() == 0
+
+
+@pytest.mark.asyncio
+async def test_concurrent_bulk_calls_creating_the_same_customers_in_any_order(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    """Each call inserts in one order: in body order, two calls each waited for a row the
+    other had inserted first (a deadlock, 503)."""
+    ids = [f"c{i:03d}" for i in range(200)]
+    bodies = [
+        {"customers": [{"external_id": c} for c in (ids if n % 2 else ids[::-1])]} for n in range(8)
+    ]
+    responses = await asyncio.gather(
+        *(api.post("/v1/customers/bulk", json=body) for body in bodies)
+    )
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+    assert sum(r.json()["created"] for r in responses) == 200
+    async with clean_db.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM customers"))).scalar_one() == 200

@@ -154,3 +154,29 @@ async def test_an_order_racing_the_erasure_of_its_customer_is_422(
     assert [error["pointer"] for error in problem["errors"]] == [expected]
     async with clean_db.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM orders"))).scalar_one() == 0
+
+
+@pytest.mark.asyncio
+async def test_concurrent_bulk_calls_creating_the_same_orders_in_any_order(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    """As for customers: in body order, two calls creating the same orders deadlocked."""
+    await make_customers(api, {"external_id": "c1"})
+    ids = [f"o{i:03d}" for i in range(200)]
+    bodies = [
+        {
+            "orders": [
+                {
+                    "external_id": o,
+                    "customer_external_id": "c1",
+                    "total": "1.00",
+                    "placed_at": PLACED,
+                }
+                for o in (ids if n % 2 else ids[::-1])
+            ]
+        }
+        for n in range(8)
+    ]
+    responses = await asyncio.gather(*(api.post("/v1/orders/bulk", json=body) for body in bodies))
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+    assert sum(r.json()["created"] for r in responses) == 200

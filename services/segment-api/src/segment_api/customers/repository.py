@@ -158,6 +158,9 @@ _INSERT_MANY = f"""
            jsonb_strip_nulls(nullif(i->'shipping_address', 'null')),
            jsonb_strip_nulls(nullif(i->'billing_address', 'null'))
     FROM {_ITEMS}
+    -- In one order (as _LOCK_MANY's): two calls creating the same customers in different
+    -- orders would each wait for a row the other inserted first, a deadlock.
+    ORDER BY i->>'external_id'
     ON CONFLICT (external_id) DO NOTHING
     RETURNING external_id
 """
@@ -193,11 +196,15 @@ async def upsert_many(
     """
     driver = await driver_connection(conn)
     # Locking in one order keeps concurrent bulk calls from deadlocking.
-    before = {
-        row["id"]: (row["email"], row["email_status"])
-        for row in await driver.fetch(_LOCK_MANY, external_ids)
-    }
+    locked = list(await driver.fetch(_LOCK_MANY, external_ids))
     created = [row["external_id"] for row in await driver.fetch(_INSERT_MANY, body_json)]
+    # Customers another call created since the lock above: locked in the same order before
+    # the update, which would take them in this body's order.
+    seen = {row["external_id"] for row in locked}.union(created)
+    meanwhile = [external_id for external_id in external_ids if external_id not in seen]
+    if meanwhile:
+        locked += await driver.fetch(_LOCK_MANY, meanwhile)
+    before = {row["id"]: (row["email"], row["email_status"]) for row in locked}
     # Nothing to update when every row is one this call created.
     existing = len(created) < len(external_ids)
     updated = await driver.fetch(_UPDATE_MANY, body_json, created) if existing else []

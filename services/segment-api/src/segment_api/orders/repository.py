@@ -30,6 +30,8 @@ _INSERT = """
     INSERT INTO orders (external_id, customer_id, total, currency, placed_at, status)
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::numeric[], $4::text[],
                          $5::timestamptz[], $6::text[])
+    -- In one order (as _LOCK's), or two calls creating the same orders deadlock.
+    ORDER BY 1
     ON CONFLICT (external_id) DO NOTHING
     RETURNING external_id, customer_id
 """
@@ -82,6 +84,11 @@ async def upsert_many(
         _INSERT, [keys[i] for i in new], *([column[i] for i in new] for column in columns)
     )
     created = {row["external_id"] for row in inserted}
+    # Orders another call created since the caller's lock: locked in the same order before
+    # the update, which would take them in this body's order (a deadlock between two calls).
+    meanwhile = [keys[i] for i in new if keys[i] not in created]
+    if meanwhile:
+        await driver.fetch(_LOCK, meanwhile)
     masks = [[name in fields for _, fields in items] for name in COLUMNS]
     updated = await driver.fetch(_UPDATE, keys, *columns, *masks, list(created))
     owners = {row["external_id"]: row["customer_id"] for row in [*inserted, *updated]}
