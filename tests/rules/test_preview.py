@@ -2,8 +2,13 @@
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from segment_api.problems import database_problem
+from segment_api.rules.repository import planned_for
+from segments_shared.config import DatabaseSettings
+from segments_shared.db.engine import create_engine
 from tests.api.helpers import assert_problem, make_segment
 from tests.rules.conftest import Snapshot
 from tests.rules.helpers import make_customers, place_orders, settled
@@ -86,3 +91,29 @@ async def test_preview_refuses_what_saving_refuses(api: httpx.AsyncClient) -> No
         "/v1/segments/preview", json={"rule": {"field": "email", "op": "exists"}, "max_size": 3}
     )
     assert assert_problem(extra, 422)["errors"][0]["pointer"] == "/max_size"
+
+
+@pytest.mark.asyncio
+async def test_a_statement_timing_out_under_a_plan_setting_reports_the_timeout(
+    database_url: str,
+) -> None:
+    """The setting is not put back after an error: a statement on the connection the
+    timeout closed would hide the timeout behind "can't reconnect until the transaction is
+    rolled back" (a 500)."""
+    engine = create_engine(
+        DatabaseSettings(database_url=database_url, database_command_timeout=0.2), pool_size=1
+    )
+    try:
+        async with engine.connect() as conn:
+            with pytest.raises(TimeoutError):
+                async with planned_for(conn, "grouped"):
+                    await conn.execute(text("SELECT pg_sleep(2)"))
+    finally:
+        await engine.dispose()
+
+
+def test_a_timed_out_statement_is_a_503_saying_so() -> None:
+    response = database_problem(TimeoutError(), "/v1/segments/preview")
+    assert response is not None
+    assert (response.status_code, response.headers["retry-after"]) == (503, "5")
+    assert b"did not answer in time" in bytes(response.body)

@@ -278,6 +278,16 @@ def unavailable_problem(exc: BaseException, instance: str | None = None) -> Resp
             instance=instance,
             headers={"Retry-After": "1"},
         )
+    if isinstance(exc, TimeoutError):
+        # asyncpg's command timeout (SEGMENTS_DATABASE_COMMAND_TIMEOUT): the transaction
+        # was abandoned and its connection closed.
+        log.warning("database statement timed out", extra={"path": instance})
+        return problem_response(
+            503,
+            "the database did not answer in time; nothing was changed",
+            instance=instance,
+            headers={"Retry-After": "5"},
+        )
     if isinstance(exc, OSError):
         log.warning("database unreachable", extra={"path": instance, "error": repr(exc)})
         return problem_response(

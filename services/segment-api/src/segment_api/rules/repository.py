@@ -154,10 +154,10 @@ async def planned_for(conn: AsyncConnection, strategy: Strategy) -> AsyncIterato
         yield
         return
     await conn.execute(text("SELECT set_config('enable_nestloop', 'off', true)"))
-    try:
-        yield
-    finally:
-        await conn.execute(text("SELECT set_config('enable_nestloop', 'on', true)"))
+    yield
+    # Not in a `finally`: the setting ends with the transaction, and after an error (a
+    # timeout that closed the connection) a statement here would hide that error.
+    await conn.execute(text("SELECT set_config('enable_nestloop', 'on', true)"))
 
 
 async def strategy_for(conn: AsyncConnection, rule: Node, *, orders: bool = False) -> Strategy:
