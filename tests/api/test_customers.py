@@ -320,3 +320,30 @@ async def test_concurrent_bulk_calls_creating_the_same_customers_in_any_order(
     assert sum(r.json()["created"] for r in responses) == 200
     async with clean_db.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM customers"))).scalar_one() == 200
+
+
+@pytest.mark.asyncio
+async def test_erasing_a_customer_while_one_of_their_segments_is_deleted(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    """Both lock the segment before its member rows; the erasure took the member row first
+    and then waited for the segment, which the deletion held while it waited for that row
+    (a deadlock, 503)."""
+    kept = await make_segment(api, "Kept")
+    for round_ in range(5):
+        customer = f"c{round_}"
+        await make_customers(api, {"external_id": customer})
+        doomed = await make_segment(api, f"Doomed {round_}")
+        for segment_id in (kept, doomed):
+            added = await api.post(
+                f"/v1/segments/{segment_id}/members", json={"external_ids": [customer]}
+            )
+            assert added.status_code == 200, added.text
+        erased, deleted = await asyncio.gather(
+            api.delete(f"/v1/customers/{customer}"), api.delete(f"/v1/segments/{doomed}")
+        )
+        assert (erased.status_code, deleted.status_code) == (204, 204), (erased.text, deleted.text)
+    segment = (await api.get(f"/v1/segments/{kept}")).json()
+    assert segment["member_count"] == 0
+    history = (await api.get(f"/v1/segments/{kept}/history")).json()["items"]
+    assert [h["cause"] for h in history].count("customer_erased") == 5

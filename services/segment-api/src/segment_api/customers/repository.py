@@ -232,6 +232,15 @@ async def list_customers(
     return rows
 
 
+# Every other writer of a membership locks its segment first (edits, refreshes, deletion,
+# whose trigger then deletes the members): so does an erasure, in id order, or it would
+# hold a member row that a segment's deletion waits for while waiting for that segment.
+_LOCK_SEGMENTS_OF = """
+    SELECT id FROM segments
+    WHERE id IN (SELECT segment_id FROM segment_members WHERE customer_id = $1)
+    ORDER BY id
+    FOR NO KEY UPDATE
+"""
 _ERASE_MEMBERSHIPS = """
     DELETE FROM segment_members WHERE customer_id = $1 RETURNING segment_id
 """
@@ -251,6 +260,7 @@ async def lock_for_erasure(conn: AsyncConnection, external_id: str) -> int | Non
 async def delete_memberships(conn: AsyncConnection, customer_id: int) -> list[Any]:
     """The segments the customer left, in a stable order."""
     driver = await driver_connection(conn)
+    await driver.execute(_LOCK_SEGMENTS_OF, customer_id)
     rows = await driver.fetch(_ERASE_MEMBERSHIPS, customer_id)
     return sorted({row["segment_id"] for row in rows})
 
