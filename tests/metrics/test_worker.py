@@ -254,3 +254,6 @@ async def test_burst_through_the_processes(
     assert await replica.stop() == 0
     codes = await suite.stop()
     assert codes == {"segment-api": 0, "sync-worker": 0, "metrics-worker": 0}
+    # Stopped cleanly: no shutdown step skipped behind a traceback.
+    for name in codes:
+        assert "Traceback" not in suite[name].logs(), (name, suite[name].logs()[-3000:])

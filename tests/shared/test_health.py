@@ -1,6 +1,7 @@
 """Health, readiness and metrics endpoints: 503 naming the dependency that fails."""
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 
@@ -80,3 +81,25 @@ async def test_worker_without_broker_is_alive_but_not_ready(
             assert (await client.get("/metrics")).status_code == 200
     finally:
         assert await worker.stop() == 0
+
+
+@pytest.mark.asyncio
+async def test_api_stops_cleanly_on_a_second_termination_signal(
+    service_env: dict[str, str], clean_db: AsyncEngine, tmp_path: Path
+) -> None:
+    """A second SIGTERM (a process group's, then a supervisor's) makes uvicorn cancel the
+    shutdown: the lifespan's wait for the rule refresher re-raised that cancellation, so the
+    relay was never stopped nor the engine disposed."""
+    port = free_port()
+    env = suite_env(
+        service_env,
+        {"segment-api": port, "sync-worker": free_port(), "metrics-worker": free_port()},
+    )
+    api = ServiceProcess("segment-api", port, env, tmp_path / "segment-api.log")
+    await api.start()
+    assert api.process is not None
+    api.process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.05)
+    assert await api.stop() == 0
+    # uvicorn logs the cancelled shutdown itself; no frame of ours may follow it.
+    assert "segment_api/" not in api.logs(), api.logs()[-3000:]

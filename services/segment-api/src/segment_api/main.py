@@ -58,6 +58,19 @@ providers and commerce stores.
 """
 
 
+async def _stopped(task: asyncio.Task[None], seconds: float) -> None:
+    """Wait for a task told to stop, cancelling it if it takes longer. Whatever it ended
+    with (an error, a cancellation on shutdown) is not re-raised here, so that the rest of
+    the shutdown runs: wait_for() re-raised a cancellation, which no `except Exception`
+    catches, and the relay was never stopped nor the engine disposed."""
+    done, pending = await asyncio.wait({task}, timeout=seconds)
+    for still_running in pending:
+        still_running.cancel()
+    for ended in done:
+        if not ended.cancelled() and ended.exception() is not None:
+            log.error("%s ended with an error", ended.get_name(), exc_info=ended.exception())
+
+
 def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None = None) -> FastAPI:
     refreshing = refresh_settings if refresh_settings is not None else settings
 
@@ -92,11 +105,9 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
             bootstrap_task.cancel()
             purge_task.cancel()
             refresher.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(refresher_task, 10)
+            await _stopped(refresher_task, 10)
             relay.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(relay_task, 10)
+            await _stopped(relay_task, 10)
             await engine.dispose()
 
     app = FastAPI(
