@@ -80,8 +80,10 @@ class Execution:
 
     async def save(self, extra: Callable[[AsyncConnection], Awaitable[None]] | None = None) -> None:
         """Checkpoint (stats and working state), with `extra`'s writes, in one transaction
-        that holds only if the lease is still ours."""
+        that holds only if the lease is still ours (and raises `runs.RunDeleted` if the run
+        was deleted meanwhile)."""
         async with self.engine.begin() as conn:
+            await runs.hold_target(conn, self.run)
             if extra is not None:
                 await extra(conn)
             await runs.save_progress(
@@ -114,8 +116,10 @@ async def execute_run(
     execution.checkpoint = dict(run.checkpoint)
     async with execution.engine.connect() as conn:
         target = await runs.load_target(conn, run)
+        gone = await runs.deleted_with(conn, run) if target is None else None
     if target is None:
-        return  # the segment or destination was deleted; its runs went with it
+        # Claimed as the segment or destination was being deleted: the run went with it.
+        raise runs.RunDeleted(run.id, gone or "destination or segment")
     if not target.segment_active:
         # Deactivated after the run was requested (SPEC section 5: an inactive segment
         # cannot be synced); checked again on every claim, so a resumed run stops too.
@@ -574,6 +578,7 @@ async def _finish(execution: Execution, status: str, error: str | None) -> None:
             )
 
     async with execution.engine.begin() as conn:
+        await runs.hold_target(conn, run)
         await finish(conn)
     if execution.stats["added"] + execution.stats["removed"] >= planner.LARGE_CHANGE:
         # The record changed a lot: the next plan should not wait for autovacuum's statistics.

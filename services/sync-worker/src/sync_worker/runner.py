@@ -110,24 +110,29 @@ class SyncRunner:
         try:
             await execute_run(execution, self.secret_box, self.timeout, self.policy, self.limiter)
             RUNS_ENDED.labels("finished").inc()
+        except runs.RunDeleted as exc:
+            self._ended_deleted(run, exc.cause)
         except Deferred as exc:
             RUNS_ENDED.labels("deferred").inc()
             log.info("sync run deferred", extra={"sync_id": str(run.id), "reason": str(exc)})
             await runs.defer_run(self.engine, run.id, self.worker, DEFER_SECONDS)
         except (Interrupted, runs.LeaseLost) as exc:
-            RUNS_ENDED.labels("handed_over").inc()
-            # Stopping (SIGTERM) is a graceful hand-over, which does not count as an
-            # attempt; a lease lost to another worker was counted by its claim.
-            graceful = isinstance(exc, Interrupted) and run.id not in self._lost
-            log.info("sync run handed over", extra={"sync_id": str(run.id), "graceful": graceful})
-            await runs.release_lease(self.engine, run.id, self.worker, graceful=graceful)
-        except Exception:
-            # Unexpected: leave the run to be resumed when its lease expires.
-            RUNS_ENDED.labels("error").inc()
-            log.exception(
-                "sync run crashed; it resumes when its lease expires",
-                extra={"sync_id": str(run.id)},
-            )
+            # A renewal that found no row stops the run too: deleted, not handed over.
+            if (cause := await self._deleted_with(run)) is not None:
+                self._ended_deleted(run, cause)
+            else:
+                await self._hand_over(run, exc)
+        except Exception as exc:
+            if (cause := await self._deleted_with(run)) is not None:
+                # A write that met the deletion some way `hold_target` does not foresee.
+                self._ended_deleted(run, cause, error=exc)
+            else:
+                # Unexpected: leave the run to be resumed when its lease expires.
+                RUNS_ENDED.labels("error").inc()
+                log.exception(
+                    "sync run crashed; it resumes when its lease expires",
+                    extra={"sync_id": str(run.id)},
+                )
         finally:
             # Stopped, not cancelled: a renewal cut off mid-transaction would strand its
             # database connection.
@@ -135,6 +140,34 @@ class SyncRunner:
             await renewer
             RUNS_ACTIVE.dec()
             correlation_id_var.reset(token)
+
+    async def _hand_over(self, run: AnyRow, exc: Exception) -> None:
+        RUNS_ENDED.labels("handed_over").inc()
+        # Stopping (SIGTERM) is a graceful hand-over, which does not count as an attempt; a
+        # lease lost to another worker was counted by its claim.
+        graceful = isinstance(exc, Interrupted) and run.id not in self._lost
+        log.info("sync run handed over", extra={"sync_id": str(run.id), "graceful": graceful})
+        await runs.release_lease(self.engine, run.id, self.worker, graceful=graceful)
+
+    async def _deleted_with(self, run: AnyRow) -> str | None:
+        """What the run was deleted with, if it was; None if it is there or we cannot tell
+        (the database is away: the caller's handling stands)."""
+        try:
+            async with self.engine.connect() as conn:
+                return await runs.deleted_with(conn, run)
+        except Exception:
+            log.warning("checking whether a sync run was deleted failed", exc_info=True)
+            return None
+
+    @staticmethod
+    def _ended_deleted(run: AnyRow, cause: str, error: BaseException | None = None) -> None:
+        """The run went with its destination or segment (the foreign keys cascade): nobody
+        resumes or finishes it, and there is nothing to hand back."""
+        RUNS_ENDED.labels("deleted").inc()
+        extra: dict[str, str] = {"sync_id": str(run.id), "deleted_with": cause}
+        if error is not None:
+            extra["error"] = repr(error)
+        log.info("sync run ended: its %s was deleted", cause, extra=extra)
 
     async def _renew(self, run_id: uuid.UUID, done: asyncio.Event) -> None:
         interval = self.settings.sync_lease_seconds / 3

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from segments_shared.db.types import AnyRow
@@ -16,6 +16,76 @@ MAX_ATTEMPTS = 10
 
 class LeaseLost(Exception):
     """Another worker took the run over (our lease expired)."""
+
+
+class RunDeleted(Exception):
+    """The run's destination or segment was deleted while the run was being carried out: the
+    run went with it (the foreign keys cascade), so there is nothing to finish or resume."""
+
+    def __init__(self, run_id: uuid.UUID, cause: str) -> None:
+        super().__init__(f"sync run {run_id} was deleted with its {cause}")
+        self.cause = cause
+
+
+def _presence(lock: bool) -> TextClause:
+    """Which of a run's row, destination(s) and segment are there; with `lock`, those that are
+    stay there until the transaction ends (`FOR KEY SHARE`, the lock a foreign key check
+    takes: a deletion waits for it, and plain updates do not)."""
+    held = " FOR KEY SHARE" if lock else ""
+    # Taken before the transaction writes anything: waiting here, it holds nothing a
+    # deletion waits for, so the two cannot deadlock.
+    return text(
+        f"""
+        SELECT
+            EXISTS (SELECT 1 FROM destinations WHERE id = :destination_id{held})
+                AS destination,
+            (CAST(:source_id AS uuid) IS NULL
+             OR EXISTS (SELECT 1 FROM destinations WHERE id = :source_id{held}))
+                AS source_destination,
+            EXISTS (SELECT 1 FROM segments WHERE id = :segment_id{held}) AS segment,
+            EXISTS (SELECT 1 FROM sync_runs WHERE id = :run_id) AS run
+        """
+    )
+
+
+_PRESENT = _presence(lock=False)
+_PRESENT_HELD = _presence(lock=True)
+
+
+async def _missing(conn: AsyncConnection, run: AnyRow, statement: TextClause) -> str | None:
+    params = {
+        "run_id": run.id,
+        "destination_id": run.destination_id,
+        "source_id": run.source_destination_id,
+        "segment_id": run.segment_id,
+    }
+    present = (await conn.execute(statement, params)).one()
+    if not present.destination:
+        return "destination"
+    if not present.segment:
+        return "segment"
+    if not present.source_destination:
+        return "source destination"
+    if not present.run:
+        return "row"  # deleted by hand: nothing the API does
+    return None
+
+
+async def deleted_with(conn: AsyncConnection, run: AnyRow) -> str | None:
+    """What the run was deleted with (`destination`, `segment`, `source destination`), or
+    None while the run is there."""
+    return await _missing(conn, run, _PRESENT)
+
+
+async def hold_target(conn: AsyncConnection, run: AnyRow) -> None:
+    """First in every transaction that writes for a run: keep its segment and destination(s),
+    and so the run, from being deleted until the transaction ends, or raise RunDeleted if
+    they already were. Otherwise a write could meet a deletion half-way: a foreign key
+    violation, or record rows written for a destination after its deletion emptied its
+    record (a deletion waiting for this lock deletes them; `segment.deleted` comes after)."""
+    cause = await _missing(conn, run, _PRESENT_HELD)
+    if cause is not None:
+        raise RunDeleted(run.id, cause)
 
 
 _CLAIM = text(

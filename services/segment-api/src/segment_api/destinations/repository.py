@@ -23,9 +23,16 @@ async def get(conn: AsyncConnection, destination_id: uuid.UUID) -> AnyRow | None
     return (await conn.execute(statement)).first()
 
 
-async def lock(conn: AsyncConnection, destination_id: uuid.UUID) -> AnyRow | None:
+async def lock(
+    conn: AsyncConnection, destination_id: uuid.UUID, *, deleting: bool = False
+) -> AnyRow | None:
+    """The destination, locked against other edits. An edit takes NO KEY UPDATE, which
+    leaves the sync-worker's KEY SHARE (held while it writes for a run) unblocked; only a
+    deletion waits for those writes."""
     statement = (
-        select(Destination.__table__).where(Destination.id == destination_id).with_for_update()
+        select(Destination.__table__)
+        .where(Destination.id == destination_id)
+        .with_for_update(key_share=not deleting)
     )
     return (await conn.execute(statement)).first()
 

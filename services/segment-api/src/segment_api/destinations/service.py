@@ -186,7 +186,7 @@ async def delete_destination(
     conn: AsyncConnection, destination_id: uuid.UUID, if_match: str | None
 ) -> None:
     """Its runs, and the record of what it holds, go with it; the vendor is not touched."""
-    row = await repository.lock(conn, destination_id)
+    row = await repository.lock(conn, destination_id, deleting=True)
     if row is None:
         raise not_found("destination", destination_id)
     check_if_match(if_match, row.version)
