@@ -3,6 +3,7 @@ what it records, and how explicit includes and excludes win over the rule."""
 
 import asyncio
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -391,3 +392,33 @@ async def test_stored_definitions_round_trip(api: httpx.AsyncClient) -> None:
     stored = (await api.get(f"/v1/segments/{segment_id}")).json()["definition"]
     assert stored == {"type": "rule", "rule": rule, "max_size": 10, "order_by": "rfm_score_desc"}
     assert json.loads(json.dumps(stored)) == stored
+
+
+@pytest.mark.asyncio
+async def test_a_stored_rule_that_no_longer_validates_is_skipped_once(
+    clean_db: AsyncEngine,
+    refresh_settings: RefreshSettings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Saved before a check was tightened (a Unix time as a timestamp), or edited by hand:
+    the membership stays, and the schedule does not ask again at every pass (it did: one
+    error a second)."""
+    rule = {"field": "created_at", "op": "gt", "value": "1700000000"}
+    async with clean_db.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO segments (id, name, definition) "
+                "VALUES (gen_random_uuid(), 'Old', CAST(:definition AS jsonb))"
+            ),
+            {"definition": json.dumps({"type": "rule", "rule": rule})},
+        )
+    replica = RuleRefresher(clean_db, refresh_settings)
+    with caplog.at_level(logging.ERROR, logger="segment_api.rules.refresh"):
+        for _ in range(3):
+            await replica.run_once()
+    invalid = [
+        r for r in caplog.records if r.getMessage() == "stored rule is invalid; not refreshing"
+    ]
+    assert len(invalid) == 1
+    assert await scalar(clean_db, "SELECT count(*) FROM segment_refreshes") == 0
+    assert await scalar(clean_db, "SELECT status FROM segments WHERE name = 'Old'") == "ready"

@@ -161,6 +161,12 @@ _DROP = """
     WITH dropped AS (DELETE FROM segment_refreshes WHERE segment_id = $1)
     UPDATE segments SET status = 'ready' WHERE id = $1
 """
+# As if refreshed: the schedule, which asks again for rules never refreshed (or with
+# relative dates, after a period), would otherwise ask again at every pass.
+_SKIP = """
+    WITH dropped AS (DELETE FROM segment_refreshes WHERE segment_id = $1)
+    UPDATE segments SET status = 'ready', refreshed_at = now() WHERE id = $1
+"""
 
 
 @dataclass(frozen=True)
@@ -233,6 +239,13 @@ async def drop(conn: AsyncConnection, segment_id: uuid.UUID) -> None:
     """No refresh for this segment (deleted, inactive or manual now)."""
     driver = await driver_connection(conn)
     await driver.execute(_DROP, segment_id)
+
+
+async def skip(conn: AsyncConnection, segment_id: uuid.UUID) -> None:
+    """No refresh of this rule as it stands (it cannot be evaluated): its membership stays,
+    and it is not scheduled again before its rule changes or a period passes."""
+    driver = await driver_connection(conn)
+    await driver.execute(_SKIP, segment_id)
 
 
 async def release_claims(

@@ -47,12 +47,14 @@ async def refresh_segment(conn: AsyncConnection, claimed: queue.Claim, worker: s
         return False
     try:
         definition = parse_definition(locked.definition)
-    except RuleInvalid as exc:  # saved rules are valid; a hand-edited row is dropped
+    except RuleInvalid as exc:
+        # Saved rules were valid when saved: a hand-edited row, or one saved before a check
+        # was tightened. Skipped until the rule is changed (the segment's PATCH re-validates).
         log.error(
             "stored rule is invalid; not refreshing",
             extra={"segment_id": str(claimed.segment_id), "errors": exc.errors},
         )
-        await queue.drop(conn, claimed.segment_id)
+        await queue.skip(conn, claimed.segment_id)
         return False
     await repository.lock_member_inserts(conn)
     sorted_by_orders = definition.max_size is not None and definition.order_by in SORTS_ON_ORDERS
