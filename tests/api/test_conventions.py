@@ -136,3 +136,34 @@ async def test_a_character_postgres_cannot_store_is_422_not_500(
         for path in ("/test/nul", "/test/nul-driver"):
             problem = assert_problem(await client.get(path), 422)
             assert "NUL" in problem["detail"]
+
+
+@pytest.mark.asyncio
+async def test_an_unexpected_error_is_a_500_carrying_the_correlation_id(
+    api_settings: ApiSettings, clean_db: AsyncEngine
+) -> None:
+    """Answered inside the correlation middleware: from Starlette's outermost one, the 500
+    had neither the id in its body nor the header, so nobody could find its log line."""
+    app = create_app(api_settings)
+
+    @app.get("/test/bug")
+    async def bug() -> None:
+        raise RuntimeError("a bug")
+
+    @app.get("/test/value-error")
+    async def value_error() -> None:
+        raise ValueError("not a problem the handlers know")
+
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://segments.test"
+        ) as client,
+    ):
+        for path in ("/test/bug", "/test/value-error"):
+            response = await client.get(path, headers={"X-Correlation-ID": "trace-me"})
+            problem = assert_problem(response, 500)
+            assert response.headers["x-correlation-id"] == "trace-me"
+            assert problem["correlation_id"] == "trace-me"
+            assert problem["instance"] == path
+            assert "a bug" not in response.text

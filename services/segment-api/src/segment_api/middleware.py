@@ -8,7 +8,7 @@ from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from segment_api.problems import problem_response
+from segment_api.problems import problem_response, unexpected_problem
 from segments_shared.observability import correlation_id_var, new_correlation_id
 
 REQUESTS = Counter(
@@ -44,11 +44,12 @@ class CorrelationMiddleware:
         token = correlation_id_var.set(correlation_id)
         started = time.perf_counter()
         status = 500
+        status_sent = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, status_sent
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, status_sent = message["status"], True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-correlation-id", correlation_id.encode("latin-1")))
                 message["headers"] = headers
@@ -56,6 +57,14 @@ class CorrelationMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # An error no handler inside answered (Starlette leaves `Exception` to its
+            # outermost middleware, outside this one): answered here, so that the 500
+            # carries the correlation id in its body and header as every other answer.
+            if status_sent:
+                raise
+            response = unexpected_problem(exc, scope["path"])
+            await response(scope, receive, send_with_id)
         finally:
             route = _route_template(scope)
             REQUESTS.labels(scope["method"], route, str(status)).inc()

@@ -235,14 +235,18 @@ def install_problem_handlers(app: FastAPI) -> None:
         response = database_problem(exc, request.url.path)
         return response if response is not None else await _unexpected(request, exc)
 
-    @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
-        return problem_response(
-            500,
-            "an unexpected error occurred; quote the correlation id when reporting it",
-            instance=request.url.path,
-        )
+        return unexpected_problem(exc, request.url.path)
+
+
+def unexpected_problem(exc: BaseException, instance: str) -> Response:
+    """The 500 for an error nothing else answered, logged with its traceback."""
+    log.error("unhandled error", exc_info=exc, extra={"path": instance})
+    return problem_response(
+        500,
+        "an unexpected error occurred; quote the correlation id when reporting it",
+        instance=instance,
+    )
 
 
 def _sqlstate(exc: BaseException) -> str | None:
