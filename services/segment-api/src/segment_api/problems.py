@@ -1,6 +1,7 @@
 """RFC 9457 problem details for every error the API answers (SPEC section 3)."""
 
 import logging
+import re
 from typing import Any
 
 import asyncpg
@@ -11,6 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import compile_path
 
 from segments_shared.observability import current_correlation_id
 
@@ -226,6 +228,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else None
         headers = dict(exc.headers) if exc.headers else None
+        allowed = _allowed(app, request) if exc.status_code == 405 else None
+        if allowed:
+            headers = {**(headers or {}), "Allow": allowed}
         return problem_response(exc.status_code, detail, instance=request.url.path, headers=headers)
 
     @app.exception_handler(asyncpg.PostgresError)
@@ -247,6 +252,33 @@ def unexpected_problem(exc: BaseException, instance: str) -> Response:
         "an unexpected error occurred; quote the correlation id when reporting it",
         instance=instance,
     )
+
+
+def _allowed(app: FastAPI, request: Request) -> str | None:
+    """Every method the path answers (RFC 9110 asks the 405's Allow for all): Starlette's
+    names only those of the first route matching the path, and here each method of a path
+    has a route of its own. Read from the OpenAPI document, the routes' public description;
+    None for a path it does not describe."""
+    methods = {
+        method.upper()
+        for pattern, operations in _path_patterns(app)
+        if pattern.fullmatch(request.url.path)
+        for method in operations
+    }
+    return ", ".join(sorted(methods)) or None
+
+
+def _path_patterns(app: FastAPI) -> list[tuple[re.Pattern[str], list[str]]]:
+    patterns: list[tuple[re.Pattern[str], list[str]]] | None = getattr(
+        app.state, "path_patterns", None
+    )
+    if patterns is None:
+        patterns = [
+            (compile_path(path)[0], list(operations))
+            for path, operations in app.openapi().get("paths", {}).items()
+        ]
+        app.state.path_patterns = patterns
+    return patterns
 
 
 def _sqlstate(exc: BaseException) -> str | None:
