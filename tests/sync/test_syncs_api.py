@@ -1,6 +1,7 @@
 """Sync runs and promotions over HTTP: listing, the state of a segment at a destination, and
 requests that are refused with a precise answer and write nothing."""
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -172,3 +173,25 @@ async def test_a_duplicate_request_as_the_run_ends_starts_a_new_run(
     # And while that new run is queued, a third request answers it.
     third = await api.post(path, json={"destination_id": hook})
     assert third.json()["id"] == second.json()["id"]
+
+
+@pytest.mark.asyncio
+async def test_a_sync_requested_while_its_destination_is_deleted(api: httpx.AsyncClient) -> None:
+    """The request holds the destination (KEY SHARE) from its check to its insert: it was
+    read without a lock, and a deletion in between made the insert a foreign key violation
+    (a 500). Either the run is queued and goes with the destination, or the request finds
+    no destination (422)."""
+    segment_id = await segment(api)
+    for _ in range(10):
+        hook = await destination(api, "webhook")
+        *requested, deleted = await asyncio.gather(
+            *(
+                api.post(f"/v1/segments/{segment_id}/syncs", json={"destination_id": hook})
+                for _ in range(3)
+            ),
+            api.delete(f"/v1/destinations/{hook}"),
+        )
+        assert deleted.status_code == 204, deleted.text
+        assert {r.status_code for r in requested} <= {202, 422}, [r.text for r in requested]
+    runs = (await api.get(f"/v1/segments/{segment_id}/syncs")).json()["items"]
+    assert runs == []

@@ -23,6 +23,17 @@ async def get(conn: AsyncConnection, destination_id: uuid.UUID) -> AnyRow | None
     return (await conn.execute(statement)).first()
 
 
+async def held(conn: AsyncConnection, destination_id: uuid.UUID) -> AnyRow | None:
+    """The destination, kept from being deleted until the transaction ends (KEY SHARE, as a
+    foreign key check would take it): a run queued for it cannot meet its deletion half-way."""
+    statement = (
+        select(Destination.__table__)
+        .where(Destination.id == destination_id)
+        .with_for_update(read=True, key_share=True)
+    )
+    return (await conn.execute(statement)).first()
+
+
 async def lock(
     conn: AsyncConnection, destination_id: uuid.UUID, *, deleting: bool = False
 ) -> AnyRow | None:

@@ -139,7 +139,7 @@ async def request_sync(
     conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID
 ) -> SyncRun:
     await _active_segment(conn, segment_id)
-    destination = await destinations.get(conn, destination_id)
+    destination = await destinations.held(conn, destination_id)
     if destination is None:
         raise ProblemException(
             422,
@@ -168,7 +168,7 @@ async def request_promotion(
     errors: list[dict[str, str]] = []
     conflicts: list[str] = []
     for field, (destination_id, environment) in ends.items():
-        destination = await destinations.get(conn, destination_id)
+        destination = await destinations.held(conn, destination_id)
         if destination is None:
             errors.append({"pointer": f"/{field}", "detail": "no such destination"})
         elif destination.type != "commerce":
