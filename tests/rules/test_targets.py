@@ -1,6 +1,7 @@
 """Target-group operations (SPEC section 5.2): results against plain set arithmetic,
 determinism, sources left alone, and bad input refused with nothing written."""
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -581,3 +582,32 @@ async def test_idempotency_key_replays_a_creating_operation(
     assert (first.status_code, again.status_code) == (201, 201)
     assert again.json() == first.json()
     assert await row_counts() == counts
+
+
+@pytest.mark.asyncio
+async def test_deduplicate_beside_order_changes_of_the_same_customers(
+    api: httpx.AsyncClient,
+) -> None:
+    """Deduplicate marks the segments' KPIs stale in id order, as an order's change marks a
+    customer's segments: in the list's order the two deadlocked (a 503 to one of them)."""
+    customers = CUSTOMERS[:20]
+    await make_customers(api, *({"external_id": c} for c in customers))
+    segments = sorted([await with_members(api, f"Copy {i}", customers) for i in range(4)])
+    for round_ in range(6):
+        for segment_id in segments:
+            await api.post(f"/v1/segments/{segment_id}/members", json={"external_ids": customers})
+        answers = await asyncio.gather(
+            api.post("/v1/segments/deduplicate", json={"segment_ids": segments[::-1]}),
+            *(
+                api.put(
+                    f"/v1/orders/o{round_}-{i}",
+                    json={
+                        "customer_external_id": customers[i],
+                        "total": "1.00",
+                        "placed_at": "2026-01-01T00:00:00Z",
+                    },
+                )
+                for i in range(3)
+            ),
+        )
+        assert [a.status_code for a in answers] == [200, 201, 201, 201], [a.text for a in answers]

@@ -255,12 +255,15 @@ async def deduplicate(conn: AsyncConnection, body: DeduplicateRequest) -> Dedupl
     if conflicts:
         raise ProblemException(409, "; ".join(conflicts))
     removed = await repository.deduplicate(conn, body.segment_ids)
+    # Recorded in id order: the stale marks then take their rows in the order an order's or
+    # a customer's change takes them (sorted), where the list's order deadlocked with them.
+    for segment_id in sorted(body.segment_ids):
+        await record_membership_change(
+            conn, segment_id, entered=0, exited=removed.get(segment_id, 0), cause="deduplicated"
+        )
     items = []
     for segment_id in body.segment_ids:
         count = removed.get(segment_id, 0)
-        await record_membership_change(
-            conn, segment_id, entered=0, exited=count, cause="deduplicated"
-        )
         after = await get_segment(conn, segment_id)
         items.append(
             Deduplicated(
