@@ -116,6 +116,25 @@ async def delete(harness: Harness, deleting: str, segment_id: str, destination_i
     assert response.status_code == 204, response.text
 
 
+async def deleted_mid_flight(
+    harness: Harness,
+    gated: Gated,
+    caplog: pytest.LogCaptureFixture,
+    deleting: str,
+    segment_id: str,
+    destination_id: str,
+) -> logging.LogRecord:
+    """Start the run, delete what it syncs while its request waits at the gate, let the
+    request through: the worker's one line about the run, which says what was deleted."""
+    run_id = await start(harness, segment_id, destination_id)
+    await asyncio.wait_for(gated.gate.arrived.wait(), 20)
+    await delete(harness, deleting, segment_id, destination_id)
+    gated.gate.opened.set()
+    line = await dropped(caplog, run_id)
+    assert line.getMessage() == f"sync run ended: its {deleting} was deleted"
+    return line
+
+
 async def record_rows(harness: Harness, column: str, value: str) -> int:
     async with harness.engine.connect() as conn:
         count = await conn.execute(
@@ -154,13 +173,7 @@ async def test_deleted_while_the_remote_segment_is_resolved(
     destination_id = await harness.destination("mailchimp", config)
     before = deleted_count()
 
-    run_id = await start(harness, segment_id, destination_id)
-    await asyncio.wait_for(gated.gate.arrived.wait(), 20)
-    await delete(harness, deleting, segment_id, destination_id)
-    gated.gate.opened.set()
-
-    line = await dropped(caplog, run_id)
-    assert line.getMessage() == f"sync run ended: its {deleting} was deleted"
+    line = await deleted_mid_flight(harness, gated, caplog, deleting, segment_id, destination_id)
     assert line.levelno == logging.INFO
     assert deleted_count() == before + 1
     async with harness.engine.connect() as conn:
@@ -198,13 +211,7 @@ async def test_deleted_while_a_batch_is_out(
     other_destination = await harness.destination("webhook", config)
     before = deleted_count()
 
-    run_id = await start(harness, segment_id, destination_id)
-    await asyncio.wait_for(gated.gate.arrived.wait(), 20)
-    await delete(harness, deleting, segment_id, destination_id)
-    gated.gate.opened.set()
-
-    line = await dropped(caplog, run_id)
-    assert line.getMessage() == f"sync run ended: its {deleting} was deleted"
+    await deleted_mid_flight(harness, gated, caplog, deleting, segment_id, destination_id)
     assert deleted_count() == before + 1
     # The receiver got the batch, but the worker records nothing for what is gone (the API
     # deleted the destination's record, and the segment's goes with `segment.deleted`).
