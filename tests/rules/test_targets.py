@@ -230,6 +230,51 @@ async def test_split_counts_what_each_part_got(
 
 
 @pytest.mark.asyncio
+async def test_split_compares_the_customer_where_a_hash_equals_a_bound(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    """Parts start at (hash, customer) bounds. A member whose hash equals a bound's but
+    whose customer is below it (two customers' hashes colliding) belongs to the part before:
+    bounds made up from real hashes stand in for a collision no test could find."""
+    twos = uuid.UUID((await store(api))[0])  # 30 members
+    seed = random_seed("split:collide")
+    async with clean_db.connect() as conn:
+        async with conn.begin():
+            ranked = (
+                await conn.execute(
+                    text(
+                        "SELECT hashtextextended(customer_id::text, :seed) AS h, customer_id "
+                        "FROM segment_members WHERE segment_id = :s ORDER BY 1, 2"
+                    ),
+                    {"seed": seed, "s": twos},
+                )
+            ).all()
+            (h0, c0), (h15, c15), (h20, c20) = ranked[0], ranked[15], ranked[20]
+            # Member 15 is just below the second bound, member 20 just above the third.
+            bounds = [(h0, c0), (h15, c15 + 1), (h20, c20 - 1)]
+            parts = [uuid.uuid4() for _ in bounds]
+            written = await repository.deal(conn, twos, seed, bounds, parts)
+            rows = await conn.execute(
+                text(
+                    "SELECT segment_id, customer_id FROM segment_members "
+                    "WHERE segment_id = ANY(:parts)"
+                ),
+                {"parts": parts},
+            )
+            held: dict[uuid.UUID, set[int]] = {part: set() for part in parts}
+            for part, customer in rows:
+                held[part].add(customer)
+            await conn.rollback()
+    customers = [customer for _, customer in ranked]
+    assert written == 30
+    assert [held[part] for part in parts] == [
+        set(customers[:16]),
+        set(customers[16:20]),
+        set(customers[20:]),
+    ]
+
+
+@pytest.mark.asyncio
 async def test_reduce_keeps_the_first_members_by_order_or_a_seeded_sample(
     api: httpx.AsyncClient,
 ) -> None:
