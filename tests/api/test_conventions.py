@@ -85,6 +85,10 @@ async def test_unknown_routes_and_methods_are_problems(api: httpx.AsyncClient) -
         ("PUT", "/v1/segments", "GET, POST"),
         ("DELETE", "/v1/orders/o1", "GET, PUT"),
         ("POST", "/v1/customers/c1", "DELETE, GET, PUT"),
+        # Paths of their own beside a parameter that would take them (not a segment id).
+        ("PATCH", "/v1/segments/preview", "POST"),
+        ("GET", "/v1/segments/combine", "POST"),
+        ("DELETE", "/v1/segments/compare", "POST"),
     ):
         response = await api.request(method, path)
         assert_problem(response, 405)

@@ -107,6 +107,7 @@ async def test_a_claim_left_by_a_dead_holder_expires(
         "/v1/segments", content=body, headers={"Idempotency-Key": "live", **json_body}
     )
     assert_problem(response, 409)
+    assert response.json()["instance"] == "/v1/segments"
     assert response.headers["retry-after"]
     assert await user_segments(clean_db) == 0
     # A claim whose lease ran out was left by a holder that died: the retry runs, once.

@@ -271,6 +271,7 @@ async def _answer_existing(
             409,
             "a request with this Idempotency-Key is still in progress; retry later",
             headers={"Retry-After": "1"},
+            instance=scope["path"],
         )
         await response(scope, receive, send)
         return

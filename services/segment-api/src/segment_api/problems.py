@@ -222,6 +222,16 @@ def install_problem_handlers(app: FastAPI) -> None:
                 problem_type="malformed-json",
                 instance=request.url.path,
             )
+        allowed = _static_methods(app, request)
+        if allowed and any(error.get("loc", ("",))[0] == "path" for error in errors):
+            # PATCH /v1/segments/preview reached PATCH /v1/segments/{segment_id}, whose id
+            # it is not: the path names a resource of its own, which lacks the method.
+            return problem_response(
+                405,
+                "Method Not Allowed",
+                instance=request.url.path,
+                headers={"Allow": allowed},
+            )
         return validation_problem(errors, request.url.path, exc.body)
 
     @app.exception_handler(StarletteHTTPException)
@@ -266,6 +276,15 @@ def _allowed(app: FastAPI, request: Request) -> str | None:
         for method in operations
     }
     return ", ".join(sorted(methods)) or None
+
+
+def _static_methods(app: FastAPI, request: Request) -> str | None:
+    """The methods of the path exactly as written in the OpenAPI document, with no
+    parameter in it (`/v1/segments/preview`); None if it is not such a path."""
+    operations = app.openapi().get("paths", {}).get(request.url.path)
+    if not operations or "{" in request.url.path:
+        return None
+    return ", ".join(sorted(method.upper() for method in operations))
 
 
 def _path_patterns(app: FastAPI) -> list[tuple[re.Pattern[str], list[str]]]:
