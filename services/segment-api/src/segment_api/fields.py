@@ -276,12 +276,18 @@ def drop_none(values: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def with_examples(*examples: dict[str, Any], not_null: tuple[str, ...] = ()) -> ConfigDict:
+def with_examples(
+    *examples: dict[str, Any],
+    not_null: tuple[str, ...] = (),
+    constraints: dict[str, Any] | None = None,
+) -> ConfigDict:
     """A request model's config carrying examples for `/docs`; the `not_null` fields may be
-    left out but not sent as null, and the published schema says so."""
+    left out but not sent as null, and the published schema says so. `constraints`: JSON
+    Schema keywords for what a model validator checks across fields."""
 
     def extra(schema: dict[str, Any]) -> None:
         schema["examples"] = list(examples)
+        schema.update(constraints or {})
         for name in not_null:
             field = schema["properties"][name]
             choices = [choice for choice in field.pop("anyOf", []) if choice.get("type") != "null"]

@@ -62,6 +62,8 @@ class DestinationUpdate(RequestModel):
     model_config = with_examples(
         {"config": {"api_key": "fedcba9876543210-us14"}},
         {"name": "Newsletter audience (EU)"},
+        not_null=("name", "config"),
+        constraints={"minProperties": 1},
     )
 
 

@@ -124,7 +124,18 @@ class MembersRequest(RequestModel):
             raise ValueError("give exactly one of external_ids or emails")
         return self
 
-    model_config = with_examples({"external_ids": ["c-1001", "c-1002"]})
+    model_config = with_examples(
+        {"external_ids": ["c-1001", "c-1002"]},
+        constraints={
+            "oneOf": [
+                {
+                    "required": [given],
+                    "properties": {given: {"type": "array"}, other: {"type": "null"}},
+                }
+                for given, other in (("external_ids", "emails"), ("emails", "external_ids"))
+            ]
+        },
+    )
 
 
 class MembersAdded(BaseModel):
