@@ -13,6 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from segment_api.main import create_app
 from segment_api.settings import ApiSettings
 from tests.api.helpers import assert_problem, make_segment
+from tests.fixtures.infra import ADMIN_KEY
+
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.mark.asyncio
@@ -90,10 +93,35 @@ async def test_unknown_routes_and_methods_are_problems(api: httpx.AsyncClient) -
         ("PATCH", "/v1/segments/preview", "POST"),
         ("GET", "/v1/segments/combine", "POST"),
         ("DELETE", "/v1/segments/compare", "POST"),
+        ("PUT", "/v1/segments/preview", "POST"),
     ):
         response = await api.request(method, path)
         assert_problem(response, 405)
         assert response.headers["allow"] == allowed, (method, path)
+    # Whatever the body: the method is refused before it is read.
+    response = await api.patch("/v1/segments/preview", content=b"{", headers=JSON)
+    assert (response.status_code, response.headers["allow"]) == (405, "POST")
+    # A bad body for the path's own method is still the body's error.
+    assert_problem(await api.post("/v1/segments/preview", json={"rule": 5}), 422)
+
+
+@pytest.mark.asyncio
+async def test_allow_is_the_same_behind_a_root_path(app: FastAPI) -> None:
+    """Mounted under a prefix by a proxy (ASGI root_path), the paths still match."""
+    transport = httpx.ASGITransport(app=app, root_path="/api")
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://segments.test",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    ) as client:
+        for method, path, allowed in (
+            ("PATCH", "/api/v1/segments/preview", "POST"),
+            ("PUT", "/api/v1/segments", "GET, POST"),
+            ("POST", "/api/v1/customers/c1", "DELETE, GET, PUT"),
+        ):
+            response = await client.request(method, path)
+            assert response.status_code == 405, (method, path, response.text)
+            assert response.headers["allow"] == allowed, (method, path)
 
 
 @pytest.mark.asyncio

@@ -215,15 +215,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = list(exc.errors())
-        if any(error.get("type") == "json_invalid" for error in errors):
-            return problem_response(
-                400,
-                "the request body is not valid JSON",
-                problem_type="malformed-json",
-                instance=request.url.path,
-            )
-        allowed = _static_methods(app, request)
-        if allowed and any(error.get("loc", ("",))[0] == "path" for error in errors):
+        allowed = _static_methods(app, _route_path(request))
+        if allowed and request.method not in allowed.split(", "):
             # PATCH /v1/segments/preview reached PATCH /v1/segments/{segment_id}, whose id
             # it is not: the path names a resource of its own, which lacks the method.
             return problem_response(
@@ -231,6 +224,13 @@ def install_problem_handlers(app: FastAPI) -> None:
                 "Method Not Allowed",
                 instance=request.url.path,
                 headers={"Allow": allowed},
+            )
+        if any(error.get("type") == "json_invalid" for error in errors):
+            return problem_response(
+                400,
+                "the request body is not valid JSON",
+                problem_type="malformed-json",
+                instance=request.url.path,
             )
         return validation_problem(errors, request.url.path, exc.body)
 
@@ -268,21 +268,34 @@ def _allowed(app: FastAPI, request: Request) -> str | None:
     """Every method the path answers (RFC 9110 asks the 405's Allow for all): Starlette's
     names only those of the first route matching the path, and here each method of a path
     has a route of its own. Read from the OpenAPI document, the routes' public description;
-    None for a path it does not describe."""
+    None for a path it does not describe. A fixed path (`/v1/segments/preview`) answers only
+    its own methods, not those of a parameter that would take it (`{segment_id}`)."""
+    path = _route_path(request)
+    fixed = _static_methods(app, path)
+    if fixed:
+        return fixed
     methods = {
         method.upper()
         for pattern, operations in _path_patterns(app)
-        if pattern.fullmatch(request.url.path)
+        if pattern.fullmatch(path)
         for method in operations
     }
     return ", ".join(sorted(methods)) or None
 
 
-def _static_methods(app: FastAPI, request: Request) -> str | None:
+def _route_path(request: Request) -> str:
+    """The path the routes see: without the root path a proxy mounts the API under."""
+    path, root = request.url.path, request.scope.get("root_path", "")
+    if root and path.startswith(root + "/"):
+        return path[len(root) :]
+    return path
+
+
+def _static_methods(app: FastAPI, path: str) -> str | None:
     """The methods of the path exactly as written in the OpenAPI document, with no
     parameter in it (`/v1/segments/preview`); None if it is not such a path."""
-    operations = app.openapi().get("paths", {}).get(request.url.path)
-    if not operations or "{" in request.url.path:
+    operations = app.openapi().get("paths", {}).get(path)
+    if not operations or "{" in path:
         return None
     return ", ".join(sorted(method.upper() for method in operations))
 
