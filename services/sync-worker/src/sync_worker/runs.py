@@ -98,14 +98,25 @@ _CLAIM = text(
         -- renewal came late) is not a new attempt.
         attempts = r.attempts + CASE WHEN r.id = ANY(:ours) THEN 0 ELSE 1 END
     WHERE r.id = (
-        SELECT id FROM sync_runs
-        WHERE (status = 'queued' OR (status = 'running' AND lease_expires_at < now()))
+        SELECT run.id FROM sync_runs run
+        JOIN segments s ON s.id = run.segment_id
+        JOIN destinations d ON d.id = run.destination_id
+        WHERE (run.status = 'queued'
+               OR (run.status = 'running' AND run.lease_expires_at < now()))
           -- One of ours that another worker took over is claimed (and counted) only once
           -- our task, which lost it, has ended.
-          AND NOT (id = ANY(:ours) AND lease_owner IS DISTINCT FROM :worker)
-        ORDER BY requested_at
+          AND NOT (run.id = ANY(:ours) AND run.lease_owner IS DISTINCT FROM :worker)
+          AND (run.source_destination_id IS NULL OR EXISTS (
+                SELECT 1 FROM destinations source WHERE source.id = run.source_destination_id
+                FOR KEY SHARE SKIP LOCKED))
+        ORDER BY run.requested_at
         LIMIT 1
-        FOR UPDATE SKIP LOCKED
+        -- The segment and destination(s) are held (KEY SHARE) with the run, or the run is
+        -- skipped while one is being deleted (a deletion holds it FOR UPDATE). Otherwise a
+        -- deletion could lock the segment after this lock on the run, and the two deadlock:
+        -- its cascade waits for the run, this claim's next update for its cascade.
+        FOR UPDATE OF run SKIP LOCKED
+        FOR KEY SHARE OF s, d SKIP LOCKED
     )
     RETURNING r.*
     """
