@@ -86,9 +86,9 @@ async def test_unknown_routes_and_methods_are_problems(api: httpx.AsyncClient) -
     assert_problem(await api.get("/v1/nothing-here"), 404)
     # Allow names every method of the path, though each has a route of its own.
     for method, path, allowed in (
-        ("PUT", "/v1/segments", "GET, POST"),
-        ("DELETE", "/v1/orders/o1", "GET, PUT"),
-        ("POST", "/v1/customers/c1", "DELETE, GET, PUT"),
+        ("PUT", "/v1/segments", "GET, HEAD, POST"),
+        ("DELETE", "/v1/orders/o1", "GET, HEAD, PUT"),
+        ("POST", "/v1/customers/c1", "DELETE, GET, HEAD, PUT"),
         # Paths of their own beside a parameter that would take them (not a segment id).
         ("PATCH", "/v1/segments/preview", "POST"),
         ("GET", "/v1/segments/combine", "POST"),
@@ -116,8 +116,8 @@ async def test_allow_is_the_same_behind_a_root_path(app: FastAPI) -> None:
     ) as client:
         for method, path, allowed in (
             ("PATCH", "/api/v1/segments/preview", "POST"),
-            ("PUT", "/api/v1/segments", "GET, POST"),
-            ("POST", "/api/v1/customers/c1", "DELETE, GET, PUT"),
+            ("PUT", "/api/v1/segments", "GET, HEAD, POST"),
+            ("POST", "/api/v1/customers/c1", "DELETE, GET, HEAD, PUT"),
         ):
             response = await client.request(method, path)
             assert response.status_code == 405, (method, path, response.text)
@@ -248,3 +248,21 @@ async def test_published_body_schemas_state_the_cross_field_rules(
         response = await api.request(method, path, json=body)
         assert response.status_code in (200, 422), response.text
         assert (response.status_code == 200) == valid, (path, body, response.text)
+
+
+@pytest.mark.asyncio
+async def test_head_is_get_without_the_content(api: httpx.AsyncClient) -> None:
+    segment_id = await make_segment(api)
+    for path in (f"/v1/segments/{segment_id}", "/v1/segments?limit=1", "/healthz"):
+        got, head = await api.get(path), await api.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b""
+        for name in ("content-type", "content-length", "etag"):
+            assert head.headers.get(name) == got.headers.get(name), (path, name)
+    missing = await api.head("/v1/segments/01a213a4-72b9-73fe-a0e9-09ce77ed5ee7")
+    assert (missing.status_code, missing.content) == (404, b"")
+    refused = await api.head("/v1/segments/preview")
+    assert (refused.status_code, refused.headers["allow"], refused.content) == (405, "POST", b"")
+    exported = await api.head(f"/v1/segments/{segment_id}/export.csv")
+    assert (exported.status_code, exported.content) == (200, b"")
+    assert exported.headers["content-type"].startswith("text/csv")

@@ -36,12 +36,15 @@ async def test_api_is_not_ready_without_its_database(api_settings: ApiSettings) 
 @pytest.mark.asyncio
 async def test_api_metrics_are_prometheus_text(api: httpx.AsyncClient) -> None:
     await api.get("/v1/segments")
+    await api.head("/v1/segments")
     response = await api.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    assert 'segments_http_requests_total{method="GET",route="/v1/segments",status="200"}' in (
-        response.text
-    )
+    for method in ("GET", "HEAD"):
+        counted = (
+            f'segments_http_requests_total{{method="{method}",route="/v1/segments",status="200"}}'
+        )
+        assert counted in response.text, method
 
 
 @pytest.mark.asyncio

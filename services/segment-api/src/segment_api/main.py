@@ -18,7 +18,7 @@ from segment_api.deps import ApiKeyCache
 from segment_api.destinations.router import router as destinations_router
 from segment_api.fields import refuse_lone_surrogates, refuse_nul_parameters
 from segment_api.idempotency import IdempotencyMiddleware, purge_expired_keys
-from segment_api.middleware import BodyLimitMiddleware, CorrelationMiddleware
+from segment_api.middleware import BodyLimitMiddleware, CorrelationMiddleware, HeadMiddleware
 from segment_api.orders.router import router as orders_router
 from segment_api.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
 from segment_api.rules.refresher import RuleRefresher
@@ -168,6 +168,7 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
             ],
             expose_headers=["ETag", "Location", "X-Correlation-ID"],
         )
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(CorrelationMiddleware)
     _register_problem_schema(app)
     return app

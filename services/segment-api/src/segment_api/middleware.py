@@ -78,6 +78,33 @@ def _route_template(scope: MutableMapping[str, Any]) -> str:
     return str(path) if path else "unmatched"
 
 
+class HeadMiddleware:
+    """HEAD is GET without the content (RFC 9110, section 9.3.2), which FastAPI's routes do
+    not answer: the GET runs, and its status and headers (ETag, Content-Length) go back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        # The same scope, so that the route the router finds reaches the request metrics.
+        scope["method"] = "GET"
+        try:
+            await self.app(scope, receive, headers_only)
+        finally:
+            scope["method"] = "HEAD"
+
+
 class BodyLimitMiddleware:
     """413 for bodies over the limit, checked on the declared length and on what arrives."""
 

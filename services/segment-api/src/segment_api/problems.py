@@ -2,6 +2,7 @@
 
 import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
@@ -274,13 +275,20 @@ def _allowed(app: FastAPI, request: Request) -> str | None:
     fixed = _static_methods(app, path)
     if fixed:
         return fixed
-    methods = {
-        method.upper()
+    return _listed(
+        method
         for pattern, operations in _path_patterns(app)
         if pattern.fullmatch(path)
         for method in operations
-    }
-    return ", ".join(sorted(methods)) or None
+    )
+
+
+def _listed(methods: Iterable[str]) -> str | None:
+    """An Allow value: with HEAD wherever GET is (middleware.HeadMiddleware answers it)."""
+    named = {method.upper() for method in methods}
+    if "GET" in named:
+        named.add("HEAD")
+    return ", ".join(sorted(named)) or None
 
 
 def _route_path(request: Request) -> str:
@@ -297,7 +305,7 @@ def _static_methods(app: FastAPI, path: str) -> str | None:
     operations = app.openapi().get("paths", {}).get(path)
     if not operations or "{" in path:
         return None
-    return ", ".join(sorted(method.upper() for method in operations))
+    return _listed(operations)
 
 
 def _path_patterns(app: FastAPI) -> list[tuple[re.Pattern[str], list[str]]]:
