@@ -2,6 +2,7 @@
 determinism, sources left alone, and bad input refused with nothing written."""
 
 import asyncio
+import random
 import uuid
 from typing import Any
 
@@ -10,9 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from segment_api.rules.compile import random_seed
+from segment_api.rules import repository as rules_repository
+from segment_api.rules.compile import RuleCompiler, SortKey, random_seed
+from segment_api.rules.nodes import Membership
 from segment_api.targets import repository
 from segment_api.targets.service import part_sizes
 from tests.api.helpers import assert_problem, events, make_segment
@@ -304,6 +307,32 @@ async def test_reduce_keeps_the_first_members_by_order_or_a_seeded_sample(
 
 
 @pytest.mark.asyncio
+async def test_a_random_reduce_keeps_what_a_size_limit_would(
+    api: httpx.AsyncClient, clean_db: AsyncEngine
+) -> None:
+    """A random reduce reads the membership alone; a rule's size limit sorts the customers
+    the rule compiler selects. The same seed keeps the same members either way."""
+    twos = uuid.UUID((await store(api))[0])  # 30 members
+    seed = random_seed("reduce:same")
+    compiler = RuleCompiler(
+        Membership(twos, True, ""), strategy="lateral", sort=SortKey("random", seed)
+    )
+
+    async def members(conn: AsyncConnection, segment_id: uuid.UUID) -> set[int]:
+        statement = text("SELECT customer_id FROM segment_members WHERE segment_id = :s")
+        return set((await conn.execute(statement, {"s": segment_id})).scalars())
+
+    async with clean_db.connect() as conn, conn.begin():
+        for limit in (1, 7, 29, 30, 100):
+            ruled, sampled = uuid.uuid4(), uuid.uuid4()
+            selected = await repository.insert_selected(conn, ruled, compiler.selection(), limit)
+            taken = await repository.insert_sample(conn, sampled, twos, seed, limit)
+            assert selected == taken == min(limit, 30)
+            assert await members(conn, ruled) == await members(conn, sampled), limit
+        await conn.rollback()
+
+
+@pytest.mark.asyncio
 async def test_compare_gives_sizes_intersections_and_jaccard(api: httpx.AsyncClient) -> None:
     twos, threes, first = await store(api)
     empty = await make_segment(api, "Empty")
@@ -359,6 +388,27 @@ async def test_deduplicate_removes_what_an_earlier_segment_holds(
         (twos, 10),
         (threes, 13),
     }
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_deduplicate_is_set_arithmetic_over_random_segments(
+    api: httpx.AsyncClient, seed: int
+) -> None:
+    rng = random.Random(seed)
+    await make_customers(api, *({"external_id": c} for c in CUSTOMERS))
+    sets = [set(rng.sample(CUSTOMERS, rng.randint(0, 45))) for _ in range(6)]
+    ids = [await with_members(api, f"Random {i}", sorted(s)) for i, s in enumerate(sets)]
+    response = await api.post("/v1/segments/deduplicate", json={"segment_ids": ids})
+    assert response.status_code == 200, response.text
+    seen: set[str] = set()
+    expected = []
+    for members in sets:
+        expected.append((len(members & seen), members - seen))
+        seen |= members
+    removed = [item["removed"] for item in response.json()["items"]]
+    assert removed == [count for count, _ in expected]
+    assert [await member_ids(api, i) for i in ids] == [kept for _, kept in expected]
 
 
 @pytest.mark.asyncio
@@ -435,6 +485,79 @@ async def test_cluster_puts_every_buyer_in_exactly_one_segment_deterministically
     assert high, "both clusters hold buyers"
     assert low, "both clusters hold buyers"
     assert "revenue" in only_money.json()["items"][0]["description"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("weights", [[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+async def test_cluster_assignment_is_the_nearest_centroid_ties_to_the_first(
+    api: httpx.AsyncClient, clean_db: AsyncEngine, weights: list[float]
+) -> None:
+    """The database's assignment against the same distances computed here, in the same
+    order of operations, for centroids taken from the buyers themselves; the fourth repeats
+    the first, so it ties with it for every buyer nearest to it and gets none."""
+    await make_customers(api, *({"external_id": c} for c in CUSTOMERS[:30]))
+    await place_orders(
+        api,
+        *(
+            (
+                f"o{i}-{n}",
+                customer,
+                f"{(i * 37) % 200 + 1}.50",
+                f"2026-{1 + i % 10:02d}-0{1 + n}T08:00:00Z",
+            )
+            for i, customer in enumerate(CUSTOMERS[:30])
+            for n in range(1 + i % 4)
+        ),
+    )
+    async with clean_db.connect() as conn, conn.begin():
+        await rules_repository.tune(conn)
+        stats = await repository.prepare_features(conn)
+        features = (
+            await conn.execute(
+                text("SELECT customer_id, recency, frequency, monetary FROM cluster_features")
+            )
+        ).all()
+        scaling = [
+            float(stats[f"{name}_{part}"]) or 1.0
+            for name in ("recency", "frequency", "monetary")
+            for part in ("mean", "std")
+        ]
+        scaled = {
+            row.customer_id: [
+                (value - scaling[2 * i]) / scaling[2 * i + 1] for i, value in enumerate(row[1:])
+            ]
+            for row in features
+        }
+        points = list(scaled.values())
+        centroids = [points[0], points[11], points[22], points[0]]
+        segments = [uuid.uuid4() for _ in centroids]
+        added = await repository.assign_clusters(conn, segments, scaling, centroids, weights)
+        held: dict[int, uuid.UUID] = dict(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT customer_id, segment_id FROM segment_members "
+                        "WHERE segment_id = ANY(:s)"
+                    ),
+                    {"s": segments},
+                )
+            ).all()
+        )
+        await conn.rollback()
+
+    def distance(point: list[float], centroid: list[float]) -> float:
+        r, f, m = point
+        cr, cf, cm = centroid
+        return weights[0] * (r - cr) ** 2 + weights[1] * (f - cf) ** 2 + weights[2] * (m - cm) ** 2
+
+    expected = {}
+    for customer, point in scaled.items():
+        distances = [distance(point, centroid) for centroid in centroids]
+        expected[customer] = segments[distances.index(min(distances))]
+    assert len(scaled) == 30
+    assert held == expected
+    assert segments[3] not in held.values()
+    assert sum(added.values()) == 30
 
 
 @pytest.mark.asyncio

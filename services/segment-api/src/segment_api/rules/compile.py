@@ -179,18 +179,18 @@ class RuleCompiler:
         if self.sort is None:
             return cast(literal(None), Numeric)
         if self.sort.order_by == "random":
-            return cast(stable_hash(self.c.c.id, self.sort.seed), Numeric)
+            # A bigint: sorting 500,000 keys cast to numeric took 0.8 s of a reduce's 1.4 s.
+            return stable_hash(self.c.c.id, self.sort.seed)
         if self.sort.order_by == "total_revenue_desc":
             return self.field_value("total_revenue")
         if self.sort.order_by == "last_order_at_desc":
             assert self.orders is not None
             return func.extract("epoch", self.orders.c.last_order_at)
         assert self.rfm is not None
-        return cast(
+        return (
             self.rfm.c.recency_score * 100
             + self.rfm.c.frequency_score * 10
-            + self.rfm.c.monetary_score,
-            Numeric,
+            + self.rfm.c.monetary_score
         )
 
     # -- nodes --------------------------------------------------------------------------

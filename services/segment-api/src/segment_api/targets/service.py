@@ -202,11 +202,17 @@ async def reduce(conn: AsyncConnection, segment_id: uuid.UUID, body: ReduceReque
         + (f" (seed {body.seed!r})" if body.order_by == "random" else "")
     )
     target = await _new_segment(conn, body.name, description)
+    seed = random_seed("reduce:" + body.seed)
+    if body.order_by == "random":
+        # The sort key is the member's own id: read from the membership alone.
+        await repository.lock_member_inserts(conn)
+        added = await repository.insert_sample(conn, target, segment_id, seed, body.max_size)
+        return await _created(conn, target, added, "reduced")
     members = Membership(segment_id, True, "")
     strategy = await rules_repository.strategy_for(
         conn, members, orders=body.order_by in SORTS_ON_ORDERS
     )
-    sort = SortKey(body.order_by, random_seed("reduce:" + body.seed))
+    sort = SortKey(body.order_by, seed)
     compiler = RuleCompiler(members, strategy=strategy, sort=sort)
     await repository.lock_member_inserts(conn)
     async with rules_repository.planned_for(conn, strategy):
