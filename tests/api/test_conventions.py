@@ -15,8 +15,6 @@ from segment_api.settings import ApiSettings
 from tests.api.helpers import assert_problem, make_segment
 from tests.fixtures.infra import ADMIN_KEY
 
-JSON = {"Content-Type": "application/json"}
-
 
 @pytest.mark.asyncio
 async def test_cors_allows_configured_origins_only(
@@ -98,11 +96,18 @@ async def test_unknown_routes_and_methods_are_problems(api: httpx.AsyncClient) -
         response = await api.request(method, path)
         assert_problem(response, 405)
         assert response.headers["allow"] == allowed, (method, path)
-    # Whatever the body: the method is refused before it is read.
-    response = await api.patch("/v1/segments/preview", content=b"{", headers=JSON)
+    # Whatever the (JSON) body: the method is refused.
+    response = await api.patch("/v1/segments/preview", json={"name": 5})
     assert (response.status_code, response.headers["allow"]) == (405, "POST")
     # A bad body for the path's own method is still the body's error.
     assert_problem(await api.post("/v1/segments/preview", json={"rule": 5}), 422)
+    # A fixed path that a parameter takes too: `bulk` is a valid external id.
+    response = await api.patch("/v1/customers/bulk", json={})
+    assert_problem(response, 405)
+    assert response.headers["allow"] == "DELETE, GET, HEAD, POST, PUT"
+    problem = assert_problem(await api.put("/v1/customers/bulk", json={"email": "nope"}), 422)
+    assert [error["pointer"] for error in problem["errors"]] == ["/email"]
+    assert_problem(await api.put("/v1/orders/bulk", json={"total": "abc"}), 422)
 
 
 @pytest.mark.asyncio

@@ -97,12 +97,15 @@ class HeadMiddleware:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        # The same scope, so that the route the router finds reaches the request metrics.
-        scope["method"] = "GET"
+        # A copy: the server reads the method from its own scope to know that the response
+        # has no content (sending a GET's would break the connection).
+        inner = {**scope, "method": "GET"}
         try:
-            await self.app(scope, receive, headers_only)
+            await self.app(inner, receive, headers_only)
         finally:
-            scope["method"] = "HEAD"
+            # The route the router found, for the request metrics outside.
+            if "route" in inner:
+                scope["route"] = inner["route"]
 
 
 class BodyLimitMiddleware:

@@ -1,8 +1,6 @@
 """RFC 9457 problem details for every error the API answers (SPEC section 3)."""
 
 import logging
-import re
-from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
@@ -13,8 +11,8 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import compile_path
 
+from segment_api.allowed import allowed, wrong_method
 from segments_shared.observability import current_correlation_id
 
 log = logging.getLogger(__name__)
@@ -216,15 +214,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = list(exc.errors())
-        allowed = _static_methods(app, _route_path(request))
-        if allowed and request.method not in allowed.split(", "):
-            # PATCH /v1/segments/preview reached PATCH /v1/segments/{segment_id}, whose id
-            # it is not: the path names a resource of its own, which lacks the method.
+        allow = wrong_method(app, request, errors)
+        if allow is not None:
             return problem_response(
-                405,
-                "Method Not Allowed",
-                instance=request.url.path,
-                headers={"Allow": allowed},
+                405, "Method Not Allowed", instance=request.url.path, headers={"Allow": allow}
             )
         if any(error.get("type") == "json_invalid" for error in errors):
             return problem_response(
@@ -239,9 +232,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else None
         headers = dict(exc.headers) if exc.headers else None
-        allowed = _allowed(app, request) if exc.status_code == 405 else None
-        if allowed:
-            headers = {**(headers or {}), "Allow": allowed}
+        allow = allowed(app, request) if exc.status_code == 405 else None
+        if allow:
+            headers = {**(headers or {}), "Allow": allow}
         return problem_response(exc.status_code, detail, instance=request.url.path, headers=headers)
 
     @app.exception_handler(asyncpg.PostgresError)
@@ -263,62 +256,6 @@ def unexpected_problem(exc: BaseException, instance: str) -> Response:
         "an unexpected error occurred; quote the correlation id when reporting it",
         instance=instance,
     )
-
-
-def _allowed(app: FastAPI, request: Request) -> str | None:
-    """Every method the path answers (RFC 9110 asks the 405's Allow for all): Starlette's
-    names only those of the first route matching the path, and here each method of a path
-    has a route of its own. Read from the OpenAPI document, the routes' public description;
-    None for a path it does not describe. A fixed path (`/v1/segments/preview`) answers only
-    its own methods, not those of a parameter that would take it (`{segment_id}`)."""
-    path = _route_path(request)
-    fixed = _static_methods(app, path)
-    if fixed:
-        return fixed
-    return _listed(
-        method
-        for pattern, operations in _path_patterns(app)
-        if pattern.fullmatch(path)
-        for method in operations
-    )
-
-
-def _listed(methods: Iterable[str]) -> str | None:
-    """An Allow value: with HEAD wherever GET is (middleware.HeadMiddleware answers it)."""
-    named = {method.upper() for method in methods}
-    if "GET" in named:
-        named.add("HEAD")
-    return ", ".join(sorted(named)) or None
-
-
-def _route_path(request: Request) -> str:
-    """The path the routes see: without the root path a proxy mounts the API under."""
-    path, root = request.url.path, request.scope.get("root_path", "")
-    if root and path.startswith(root + "/"):
-        return path[len(root) :]
-    return path
-
-
-def _static_methods(app: FastAPI, path: str) -> str | None:
-    """The methods of the path exactly as written in the OpenAPI document, with no
-    parameter in it (`/v1/segments/preview`); None if it is not such a path."""
-    operations = app.openapi().get("paths", {}).get(path)
-    if not operations or "{" in path:
-        return None
-    return _listed(operations)
-
-
-def _path_patterns(app: FastAPI) -> list[tuple[re.Pattern[str], list[str]]]:
-    patterns: list[tuple[re.Pattern[str], list[str]]] | None = getattr(
-        app.state, "path_patterns", None
-    )
-    if patterns is None:
-        patterns = [
-            (compile_path(path)[0], list(operations))
-            for path, operations in app.openapi().get("paths", {}).items()
-        ]
-        app.state.path_patterns = patterns
-    return patterns
 
 
 def _sqlstate(exc: BaseException) -> str | None:

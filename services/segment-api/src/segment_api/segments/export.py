@@ -6,9 +6,12 @@ import io
 import re
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
+import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from segment_api.problems import parameter_error
 from segments_shared.db.engine import driver_connection
@@ -58,6 +61,24 @@ def query(include: list[str]) -> str:
     """
 
 
+class CsvResponse(StreamingResponse):
+    """A streamed download that closes its rows' generator whatever ends the response. A
+    client that leaves mid-download stops Starlette's loop over the rows at a yield, and
+    the generator, left open, would hold its connection in the middle of a transaction
+    until the garbage collector got to it; closed here, its clean-up runs at once."""
+
+    def __init__(self, rows: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+        super().__init__(rows, media_type="text/csv; charset=utf-8", headers=headers)
+        self.rows = rows
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.rows.aclose()
+
+
 def filename(segment_name: str) -> str:
     """`Content-Disposition` with an ASCII fallback and the UTF-8 name (RFC 6266)."""
     ascii_name = re.sub(r"[^A-Za-z0-9._ -]+", "_", segment_name).strip() or "segment"
@@ -67,12 +88,14 @@ def filename(segment_name: str) -> str:
 
 async def stream_csv(
     engine: AsyncEngine, segment_id: uuid.UUID, include: list[str]
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow([header for header, _ in columns(include)])
     yield buffer.getvalue().encode()
-    async with engine.connect() as conn:
+    conn = await engine.connect()
+    finished = False
+    try:
         driver = await driver_connection(conn)
         async with driver.transaction(readonly=True):  # server-side cursors live in one
             await driver.execute("SET LOCAL work_mem = '128MB'")  # sort in memory
@@ -82,3 +105,14 @@ async def stream_csv(
                 buffer.truncate()
                 writer.writerows(rows)
                 yield buffer.getvalue().encode()
+        finished = True
+    finally:
+        # A client that leaves mid-download cancels this (or closes it at a yield): the
+        # transaction's end may never have reached the server, and a connection still in it
+        # would poison the pool (every later transaction a savepoint inside it, read-only).
+        # Such a connection is closed instead of pooled; shielded, so the cancellation
+        # cannot cut the clean-up short.
+        with anyio.CancelScope(shield=True):
+            if not finished:
+                await conn.invalidate()
+            await conn.close()

@@ -303,8 +303,7 @@ async def export_csv(
 ) -> StreamingResponse:
     columns = export.parse_include(include)
     segment = await service.get_segment(db, segment_id)
-    return StreamingResponse(
+    return export.CsvResponse(
         export.stream_csv(request.app.state.engine, segment_id, columns),
-        media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": export.filename(segment.name)},
     )
