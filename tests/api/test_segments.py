@@ -36,6 +36,13 @@ async def test_edit_bumps_version_and_if_match_guards_it(
     cleared = await api.patch(f"/v1/segments/{segment_id}", json={"description": None})
     assert cleared.json()["description"] is None
     assert cleared.json()["version"] == 3
+    # An edit that changes nothing is no new version: a client's If-Match still holds.
+    same = await api.patch(
+        f"/v1/segments/{segment_id}",
+        json={"name": "VIP EU", "description": None, "definition": {"type": "manual"}},
+        headers={"If-Match": '"3"'},
+    )
+    assert (same.status_code, same.json()["version"], same.headers["etag"]) == (200, 3, '"3"')
     updates = await events(clean_db, "segment.updated")
     assert [e["data"]["version"] for e in updates] == [2, 3]
 

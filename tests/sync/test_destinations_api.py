@@ -137,10 +137,19 @@ async def test_patch_merges_revalidates_and_bumps_the_version(
         ).scalar_one()
     assert account != row.account_key
     # null drops a setting back to its default.
+    sandbox = await api.patch(path, json={"config": {"base_url": "https://mc.example/3.0"}})
+    assert sandbox.json()["config"]["base_url"] == "https://mc.example/3.0"
     reset = await api.patch(path, json={"config": {"base_url": None}})
     assert reset.status_code == 200
     assert "base_url" not in reset.json()["config"]
-    assert reset.json()["version"] == 4
+    assert reset.json()["version"] == 5
+    # An edit that changes nothing is no new version: a client's If-Match still holds.
+    same = await api.patch(
+        path,
+        json={"name": "Renamed", "config": {"list_id": "other", "base_url": None}},
+        headers={"If-Match": '"5"'},
+    )
+    assert (same.status_code, same.json()["version"], same.headers["etag"]) == (200, 5, '"5"')
 
 
 @pytest.mark.asyncio

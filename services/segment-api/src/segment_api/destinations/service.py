@@ -160,7 +160,7 @@ async def update_destination(
         raise not_found("destination", destination_id)
     check_if_match(if_match, row.version)
     values: dict[str, Any] = {}
-    if body.name is not None:
+    if body.name is not None and body.name != row.name:
         values["name"] = body.name
     if body.config is not None:
         if secret_box is None:
@@ -177,7 +177,11 @@ async def update_destination(
                     "once it has finished",
                 )
             await repository.forget_remote_segments(conn, destination_id)
-        values.update(_stored(row.type, new, secret_box))
+        if new != old:
+            values.update(_stored(row.type, new, secret_box))
+    if not values:
+        # Nothing changes: no new version, so that a client's If-Match still holds.
+        return to_destination(row, secret_box)
     updated = await repository.update_destination(conn, destination_id, values)
     return to_destination(updated, secret_box)
 

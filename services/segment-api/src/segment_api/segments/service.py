@@ -292,9 +292,16 @@ async def update_segment(
         raise ProblemException(403, "making a segment custom needs the admin scope")
     if segment.kind == "default" and ("definition" in given or "kind" in given):
         raise ProblemException(409, "the definition and kind of a default segment are fixed")
-    if not given:
-        return await get_segment(conn, segment_id)
     definition = body.definition.stored() if body.definition else None
+    unchanged = (
+        given.get("name", segment.name) == segment.name
+        and given.get("description", segment.description) == segment.description
+        and given.get("kind", segment.kind) == segment.kind
+        and (definition is None or definition == segment.definition)
+    )
+    if unchanged:
+        # Nothing changes: no new version, so that a client's If-Match still holds.
+        return await get_segment(conn, segment_id)
     rule = None
     if definition is not None:
         rule = await check_definition(conn, definition, segment_id)
