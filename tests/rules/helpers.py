@@ -16,17 +16,19 @@ async def settled(engine: AsyncEngine, within: float = 15.0) -> None:
     ones included: the rule tests debounce by 0.3 s)."""
     deadline = time.monotonic() + within
     while True:
+        # One statement, one snapshot: counted one after another, a fold committing between
+        # the first count and the second (signals taken, refreshes queued) looked settled.
         async with engine.connect() as conn:
-            busy = (await conn.execute(text("SELECT count(*) FROM segment_refreshes"))).scalar_one()
-            signals = (
-                await conn.execute(text("SELECT count(*) FROM segment_refresh_signals"))
-            ).scalar_one()
-            building = (
+            busy = (
                 await conn.execute(
-                    text("SELECT count(*) FROM segments WHERE status = 'building' AND active")
+                    text(
+                        "SELECT (SELECT count(*) FROM segment_refreshes)"
+                        " + (SELECT count(*) FROM segment_refresh_signals)"
+                        " + (SELECT count(*) FROM segments WHERE status = 'building' AND active)"
+                    )
                 )
             ).scalar_one()
-        if busy == 0 and signals == 0 and building == 0:
+        if busy == 0:
             return
         assert time.monotonic() < deadline, "refreshes did not settle"
         await asyncio.sleep(0.02)
