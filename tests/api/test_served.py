@@ -4,7 +4,7 @@ kept-alive connection, and a CSV download the client abandons half-way."""
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncGenerator, AsyncIterator, MutableMapping
 from typing import Any
 
 import httpx
@@ -55,6 +55,33 @@ async def stuck_connections(engine: AsyncEngine) -> list[str]:
             )
         )
         return list(rows.scalars())
+
+
+@pytest.mark.asyncio
+async def test_head_of_a_download_reads_no_more_than_its_first_rows(
+    api: httpx.AsyncClient, served: str, clean_db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    segment_id = await segment_with_members(served, 40)
+    monkeypatch.setattr(export, "ROWS_PER_CHUNK", 2)
+    produced = 0
+    stream = export.stream_csv
+
+    async def counted(*args: Any) -> AsyncGenerator[bytes, None]:
+        nonlocal produced
+        async for chunk in stream(*args):
+            produced += 1
+            yield chunk
+
+    monkeypatch.setattr(export, "stream_csv", counted)
+    path = f"/v1/segments/{segment_id}/export.csv"
+    got = await api.get(path)
+    assert (got.status_code, produced) == (200, 21)  # the header row, then 20 chunks
+    produced = 0
+    head = await api.head(path)
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert produced <= 2
+    assert await stuck_connections(clean_db) == []
 
 
 @pytest.mark.asyncio

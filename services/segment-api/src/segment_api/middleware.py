@@ -78,9 +78,15 @@ def _route_template(scope: MutableMapping[str, Any]) -> str:
     return str(path) if path else "unmatched"
 
 
+class _ContentNotWanted(Exception):
+    """Stops a streamed response to a HEAD once its headers are out."""
+
+
 class HeadMiddleware:
     """HEAD is GET without the content (RFC 9110, section 9.3.2), which FastAPI's routes do
-    not answer: the GET runs, and its status and headers (ETag, Content-Length) go back."""
+    not answer: the GET runs, and its status and headers (ETag, Content-Length) go back. A
+    streamed body (a CSV download) is stopped at its first chunk rather than produced for
+    nothing."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -89,19 +95,26 @@ class HeadMiddleware:
         if scope["type"] != "http" or scope["method"] != "HEAD":
             await self.app(scope, receive, send)
             return
+        ended = False
 
         async def headers_only(message: Message) -> None:
-            if message["type"] == "http.response.body":
-                if message.get("more_body", False):
-                    return
-                message = {"type": "http.response.body", "body": b"", "more_body": False}
-            await send(message)
+            nonlocal ended
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            if not ended:
+                ended = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if message.get("more_body", False):
+                raise _ContentNotWanted
 
         # A copy: the server reads the method from its own scope to know that the response
         # has no content (sending a GET's would break the connection).
         inner = {**scope, "method": "GET"}
         try:
             await self.app(inner, receive, headers_only)
+        except _ContentNotWanted:
+            pass
         finally:
             # The route the router found, for the request metrics outside.
             if "route" in inner:
