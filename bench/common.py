@@ -117,3 +117,15 @@ async def start_service(
             await asyncio.sleep(0.1)
     process.terminate()
     raise RuntimeError(f"{command} did not become ready")
+
+
+def print_pairs(runs: dict[str, list[float]], names: Sequence[str], width: int) -> None:
+    """Each operation's median through the service beside its bare statement's, and their
+    ratio; `runs` holds the times under "<name> service" and "<name> bare"."""
+    for name in names:
+        ours = statistics.median(runs[f"{name} service"])
+        bare = statistics.median(runs[f"{name} bare"])
+        print(
+            f"{name:{width}} service {ours:6.3f} s   bare statement {bare:6.3f} s   "
+            f"ratio {ours / bare:5.2f}"
+        )

@@ -389,10 +389,23 @@ async def create_segment(url: str, name: str, *, every: int = 1, offset: int = 0
     return segment_id
 
 
-def _main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def arguments(description: str | None, repeat: int | None = None) -> argparse.ArgumentParser:
+    """The command line of a benchmark on this data set: its size and, with `repeat`, the
+    number of rounds (that many by default)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--customers", type=int, default=DatasetSpec.customers)
     parser.add_argument("--orders", type=int, default=DatasetSpec.orders)
+    if repeat is not None:
+        parser.add_argument("--repeat", type=int, default=repeat)
+    return parser
+
+
+def spec_of(args: argparse.Namespace) -> DatasetSpec:
+    return DatasetSpec(customers=args.customers, orders=args.orders)
+
+
+def _main() -> None:
+    parser = arguments(__doc__)
     parser.add_argument("--seed", type=int, default=DatasetSpec.seed)
     parser.add_argument("--rebuild", action="store_true", help="build again even if it exists")
     args = parser.parse_args()

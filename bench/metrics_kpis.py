@@ -16,7 +16,6 @@ segment of every `every`-th customer. Each round then times, in turn:
 Prints the median of each and the worker's ratio to the faster baseline.
 """
 
-import argparse
 import asyncio
 import statistics
 import time
@@ -26,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.dataset import DatasetSpec, clone, create_segment, drop
+from bench.dataset import DatasetSpec, arguments, clone, create_segment, drop, spec_of
 from metrics_worker.kpis import compute_segment_kpis
 from metrics_worker.recompute import Folding, claim_stale_segments, recompute_segment_kpis
 from segments_shared.config import DatabaseSettings
@@ -154,11 +153,7 @@ async def main(spec: DatasetSpec, every: int, repeat: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--customers", type=int, default=DatasetSpec.customers)
-    parser.add_argument("--orders", type=int, default=DatasetSpec.orders)
+    parser = arguments(__doc__, repeat=5)
     parser.add_argument("--every", type=int, default=1, help="members: every n-th customer")
-    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    spec = DatasetSpec(customers=args.customers, orders=args.orders)
-    asyncio.run(main(spec, args.every, args.repeat))
+    asyncio.run(main(spec_of(args), args.every, args.repeat))

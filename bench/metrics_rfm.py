@@ -16,7 +16,6 @@ Baseline: one SELECT computing frequency, monetary and recency with `ntile(5)` o
 buyers, writing nothing.
 """
 
-import argparse
 import asyncio
 import statistics
 import time
@@ -24,7 +23,7 @@ import time
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.dataset import DatasetSpec, clone, drop
+from bench.dataset import DatasetSpec, arguments, clone, drop, spec_of
 from metrics_worker.rfm import RfmChanges, recompute_rfm
 from segments_shared.config import DatabaseSettings
 from segments_shared.db.engine import create_engine
@@ -106,9 +105,5 @@ async def main(spec: DatasetSpec, repeat: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--customers", type=int, default=DatasetSpec.customers)
-    parser.add_argument("--orders", type=int, default=DatasetSpec.orders)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    asyncio.run(main(DatasetSpec(customers=args.customers, orders=args.orders), args.repeat))
+    args = arguments(__doc__, repeat=3).parse_args()
+    asyncio.run(main(spec_of(args), args.repeat))

@@ -19,9 +19,7 @@ Each side goes first every other round; created segments are deleted, the table 
 a checkpoint taken between measurements. Prints medians, ratios and the machine's load.
 """
 
-import argparse
 import asyncio
-import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -29,8 +27,8 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.common import load_average
-from bench.dataset import DatasetSpec, clone, create_segment, drop
+from bench.common import load_average, print_pairs
+from bench.dataset import DatasetSpec, arguments, clone, create_segment, drop, spec_of
 from bench.rules_targets import SCRATCH, tidy
 from segment_api.rules.compile import random_seed
 from segment_api.rules.repository import tune
@@ -155,13 +153,7 @@ async def main(spec: DatasetSpec, repeat: int) -> None:
                     await tidy(engine, {a, c, SCRATCH})
         print(f"data set: {spec.customers:,} customers, {spec.orders:,} orders; repeat {repeat}")
         print(f"A: 500,000 even ids; C: 333,334 multiples of 3; keep {KEEP:,}; sizes: {sizes}")
-        for name in names:
-            ours = statistics.median(runs[f"{name} service"])
-            bare = statistics.median(runs[f"{name} bare"])
-            print(
-                f"{name:15} service {ours:6.3f} s   bare statement {bare:6.3f} s   "
-                f"ratio {ours / bare:5.2f}"
-            )
+        print_pairs(runs, names, width=15)
     finally:
         await engine.dispose()
         await drop(DATABASE)
@@ -169,9 +161,5 @@ async def main(spec: DatasetSpec, repeat: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--customers", type=int, default=DatasetSpec.customers)
-    parser.add_argument("--orders", type=int, default=DatasetSpec.orders)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    asyncio.run(main(DatasetSpec(customers=args.customers, orders=args.orders), args.repeat))
+    args = arguments(__doc__, repeat=3).parse_args()
+    asyncio.run(main(spec_of(args), args.repeat))

@@ -19,7 +19,6 @@ The rule: gold-tier customers who spent 250.00 or more and ordered in the last 3
 Prints medians of `--repeat` runs and the ratios; reports the machine's load (it is shared).
 """
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -30,7 +29,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.common import load_average
-from bench.dataset import DatasetSpec, clone, drop
+from bench.dataset import DatasetSpec, arguments, clone, drop, spec_of
 from segment_api.rules import queue
 from segment_api.rules.compile import RuleCompiler
 from segment_api.rules.parse import parse_rule
@@ -251,9 +250,5 @@ async def main(spec: DatasetSpec, repeat: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--customers", type=int, default=DatasetSpec.customers)
-    parser.add_argument("--orders", type=int, default=DatasetSpec.orders)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    asyncio.run(main(DatasetSpec(customers=args.customers, orders=args.orders), args.repeat))
+    args = arguments(__doc__, repeat=5).parse_args()
+    asyncio.run(main(spec_of(args), args.repeat))

@@ -11,17 +11,15 @@ the table vacuumed and a checkpoint taken between runs. Prints medians and ratio
 machine's load.
 """
 
-import argparse
 import asyncio
-import statistics
 import time
 import uuid
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.common import load_average
-from bench.dataset import DatasetSpec, clone, create_segment, drop
+from bench.common import load_average, print_pairs
+from bench.dataset import DatasetSpec, arguments, clone, create_segment, drop, spec_of
 from segment_api.rules.repository import tune
 from segment_api.targets import service
 from segment_api.targets.schemas import CombineRequest, CompareRequest, SplitPart, SplitRequest
@@ -173,13 +171,7 @@ async def main(spec: DatasetSpec, repeat: int) -> None:
         print(f"data set: {spec.customers:,} customers, {spec.orders:,} orders; repeat {repeat}")
         print("A: 500,000 even ids; B: the first 500,000 customers; 250,000 in both")
         print(f"result sizes: {sizes}")
-        for name in ("union", "intersect", "difference", "split", "compare"):
-            ours = statistics.median(runs[f"{name} service"])
-            bare = statistics.median(runs[f"{name} bare"])
-            print(
-                f"{name:10} service {ours:6.3f} s   bare statement {bare:6.3f} s   "
-                f"ratio {ours / bare:5.2f}"
-            )
+        print_pairs(runs, ("union", "intersect", "difference", "split", "compare"), width=10)
     finally:
         await engine.dispose()
         await drop(DATABASE)
@@ -187,9 +179,5 @@ async def main(spec: DatasetSpec, repeat: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--customers", type=int, default=DatasetSpec.customers)
-    parser.add_argument("--orders", type=int, default=DatasetSpec.orders)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    asyncio.run(main(DatasetSpec(customers=args.customers, orders=args.orders), args.repeat))
+    args = arguments(__doc__, repeat=3).parse_args()
+    asyncio.run(main(spec_of(args), args.repeat))

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync_worker import runs
-from tests.sync.test_syncs_api import destination, segment
+from tests.sync.test_syncs_api import destination, production_and_staging, segment
 
 
 async def claim(engine: AsyncEngine) -> str | None:
@@ -54,10 +54,7 @@ async def test_a_promotion_is_skipped_while_its_source_is_being_deleted(
     api: httpx.AsyncClient, clean_db: AsyncEngine
 ) -> None:
     segment_id = await segment(api)
-    production = await destination(api, "commerce")
-    staging = await destination(
-        api, "commerce", environment="staging", base_url="https://staging.example.com/rest/admin/v2"
-    )
+    production, staging = await production_and_staging(api)
     synced = await api.post(f"/v1/segments/{segment_id}/syncs", json={"destination_id": production})
     assert synced.status_code == 202, synced.text
     async with clean_db.begin() as conn:

@@ -32,6 +32,15 @@ async def destination(api: httpx.AsyncClient, kind: str, **config: Any) -> str:
     return destination_id
 
 
+async def production_and_staging(api: httpx.AsyncClient) -> tuple[str, str]:
+    """A commerce store's production destination and its staging one, a promotion's pair."""
+    production = await destination(api, "commerce")
+    staging = await destination(
+        api, "commerce", environment="staging", base_url="https://staging.example.com/rest/admin/v2"
+    )
+    return production, staging
+
+
 @pytest.mark.asyncio
 async def test_runs_are_listed_newest_first_by_cursor(api: httpx.AsyncClient) -> None:
     segment_id = await segment(api)
@@ -76,10 +85,7 @@ async def test_refused_promotions_write_nothing(
     api: httpx.AsyncClient, clean_db: AsyncEngine
 ) -> None:
     segment_id = await segment(api)
-    production = await destination(api, "commerce")
-    staging = await destination(
-        api, "commerce", environment="staging", base_url="https://staging.example.com/rest/admin/v2"
-    )
+    production, staging = await production_and_staging(api)
     other_production = await destination(api, "commerce")
     hook = await destination(api, "webhook")
     path = f"/v1/segments/{segment_id}/promotions"
