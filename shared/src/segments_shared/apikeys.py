@@ -1,4 +1,4 @@
-"""API keys: random, high-entropy, stored as SHA-256 digests (SPEC section 3).
+"""API keys: random, high-entropy, stored as SHA-256 digests (docs/contract.md#http-conventions).
 
 A slow password hash would cap request rates; with 256 random bits a fast digest is enough.
 """

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from segments_shared.bus.topology import DELIVERY_LIMIT, SERVICE_BINDINGS
+from segments_shared.bus.topology import DELIVERY_LIMIT, SERVICE_BINDINGS, UNROUTED_MAX_LENGTH
 from segments_shared.events import EVENT_TYPES, Event
 
 DESCRIPTIONS = {
@@ -25,10 +25,16 @@ DESCRIPTIONS = {
     "customer.changed": "Customers were created or updated (at most 1,000 ids per event).",
     "customer.erased": "Customers were erased (right to erasure; at most 1,000 ids per event).",
     "order.recorded": "Orders were created or updated (at most 1,000 per event).",
-    "sync.requested": "A sync run or promotion was queued.",
+    "sync.requested": "A sync run or promotion was queued. Internal: it wakes our sync-worker, "
+    "which also finds queued runs without it; follow sync.completed for outcomes.",
     "sync.completed": "A sync run ended, with its status and stats.",
     "metrics.updated": "A segment's KPIs were recomputed; the figures are included.",
 }
+
+
+# Wake-ups between our own services. Anyone may listen and the same additive versioning holds,
+# but they promise nothing beyond a hint; every other type is the public contract.
+INTERNAL_TYPES = frozenset({"sync.requested"})
 
 
 def _message_name(event_type: str) -> str:
@@ -50,6 +56,7 @@ def build() -> dict[str, Any]:
             "summary": DESCRIPTIONS[event_type],
             "contentType": "application/cloudevents+json",
             "payload": {"$ref": f"#/components/schemas/{by_type[event_type]}"},
+            "tags": [{"name": "internal" if event_type in INTERNAL_TYPES else "public"}],
         }
         for event_type in EVENT_TYPES
     }
@@ -69,9 +76,12 @@ def build() -> dict[str, Any]:
                 "consumers must be idempotent by event id. Each service's queue is a durable "
                 f"quorum queue `<prefix>.<service>` with x-delivery-limit {DELIVERY_LIMIT} and a "
                 "dead-letter queue `<prefix>.<service>.dlq`; events no queue binds are kept in "
-                "`<prefix>.unrouted`. The `correlationid` extension attribute carries the id of "
-                "the request that caused the event. Contracts change additively; a breaking "
-                "change gets a new type name."
+                f"`<prefix>.unrouted`, bounded at {UNROUTED_MAX_LENGTH:,} messages (the oldest "
+                "dropped first). The `correlationid` extension attribute carries the id of "
+                "the request that caused the event. Messages tagged `public` are the contract "
+                "for other services; `internal` ones are wake-ups between our own services, "
+                "readable but promising nothing beyond a hint. Contracts change additively; a "
+                "breaking change gets a new type name."
             ),
         },
         "defaultContentType": "application/cloudevents+json",

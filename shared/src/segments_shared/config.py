@@ -1,4 +1,4 @@
-"""Small settings classes composed by each service (SPEC section 2).
+"""Small settings classes composed by each service (docs/contract.md#configuration).
 
 Every variable is read from the environment with the `SEGMENTS_` prefix; nothing is read at
 import time: services build their settings in `main()` or in the app factory.

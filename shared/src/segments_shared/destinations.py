@@ -1,5 +1,5 @@
-"""Destination types and their configuration (SPEC section 6), shared by segment-api (which
-validates and stores them) and sync-worker (which connects with them)."""
+"""Destination types and their configuration (docs/sync.md#types-and-configuration), shared
+by segment-api (which validates and stores them) and sync-worker (which connects with them)."""
 
 import hashlib
 import re

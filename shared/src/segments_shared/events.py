@@ -1,4 +1,5 @@
-"""Event contracts (SPEC section 8): CloudEvents 1.0 envelopes with typed `data`.
+"""Event contracts: CloudEvents 1.0 envelopes (docs/events.md#envelope-and-delivery) with
+typed `data` (docs/events.md#types).
 
 Contracts evolve additively: new optional fields only. A breaking change gets a new type name
 (`segment.created.v2`) published beside the old one until every consumer has moved.

@@ -1,4 +1,4 @@
-"""`/healthz`, `/readyz` and `/metrics`, shared by the three services (SPEC section 2)."""
+"""`/healthz`, `/readyz` and `/metrics`, shared by the three services (docs/contract.md#health)."""
 
 import asyncio
 import contextlib

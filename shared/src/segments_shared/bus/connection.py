@@ -2,7 +2,8 @@
 
 We supervise connections ourselves instead of relying on aio-pika's robust reconnection: the
 relay and consumers need to know the moment a connection dies (to back off, to report
-readiness) and to start from a clean channel afterwards.
+readiness) and to start from a clean channel afterwards. Both are `WorkerLoop`s
+(segments_shared/loop.py): a failed step is retried after the suite's back-off.
 
 The broker can also close a single channel and leave its connection open (a consumer
 acknowledgement timeout, PRECONDITION_FAILED, NOT_FOUND after a queue or exchange was deleted,
@@ -13,7 +14,6 @@ close callbacks never hear of either, so the relay and consumers also watch thei
 
 import asyncio
 import logging
-import random
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
@@ -21,33 +21,6 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 log = logging.getLogger(__name__)
 
 CHANNEL_OPEN_TIMEOUT = 10.0
-# A channel that worked this long resets the backoff; one failing at once keeps backing off.
-STABLE_SECONDS = 10.0
-
-
-class Backoff:
-    """Full-jitter exponential backoff: a random delay up to `base * 2**attempt`, capped."""
-
-    def __init__(self, *, base: float = 0.2, cap: float = 10.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        delay = random.uniform(0, min(self.cap, self.base * 2**self.attempt))
-        self.attempt += 1
-        return delay
-
-    async def sleep(self, stopping: asyncio.Event, delay: float | None = None) -> None:
-        """Sleep the next delay (or `delay`), returning early when stopping."""
-        seconds = self.next_delay() if delay is None else delay
-        try:
-            await asyncio.wait_for(stopping.wait(), seconds)
-        except TimeoutError:
-            pass
 
 
 async def wait_for_trouble(channel: AbstractChannel, *events: asyncio.Event) -> None:
@@ -117,21 +90,6 @@ class BrokerConnection:
         )
         await asyncio.wait_for(channel.initialize(), CHANNEL_OPEN_TIMEOUT)
         return channel
-
-    async def connect_with_backoff(self, stopping: asyncio.Event) -> AbstractConnection | None:
-        """Connect, retrying with full-jitter backoff until connected or stopping."""
-        backoff = Backoff()
-        while not stopping.is_set():
-            try:
-                return await self.connect()
-            except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
-                delay = backoff.next_delay()
-                log.warning(
-                    "broker unreachable, retrying",
-                    extra={"error": repr(exc), "retry_in_s": round(delay, 2)},
-                )
-                await backoff.sleep(stopping, delay)
-        return None
 
     async def close(self) -> None:
         connection, self.connection = self.connection, None

@@ -4,6 +4,10 @@ Each message is recorded in the inbox in the handler's transaction, so a redeliv
 skipped. A handler error requeues the message; the quorum queue counts deliveries and
 dead-letters it after the limit. A message that cannot be parsed goes straight to the
 dead-letter queue: retrying it cannot help.
+
+A service's handlers must cover exactly the event types its queue binds (`SERVICE_BINDINGS`),
+checked when the consumer is built: a bound type without a handler would be acknowledged
+unhandled, a handler without a binding would never run.
 """
 
 import asyncio
@@ -12,27 +16,34 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from segments_shared.bus.connection import (
-    STABLE_SECONDS,
-    Backoff,
-    BrokerConnection,
-    close_channel,
-    wait_for_trouble,
-)
+from segments_shared.backoff import BackoffPolicy
+from segments_shared.bus.connection import BrokerConnection, close_channel, wait_for_trouble
 from segments_shared.bus.inbox import record_processed
-from segments_shared.bus.topology import Topology, declare_service_queue
+from segments_shared.bus.topology import SERVICE_BINDINGS, Topology, declare_service_queue
 from segments_shared.events import Event, parse_event
+from segments_shared.loop import Trouble, WorkerLoop
 from segments_shared.observability import correlation_id_var
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[AsyncConnection, Event], Awaitable[None]]
+
+@dataclass(frozen=True)
+class WakeUp:
+    """A handler that only wakes something in the process (work whose facts are in the
+    database already): no transaction, no inbox row; a duplicate wakes it twice, which is
+    harmless."""
+
+    wake: Callable[[], None]
+
+
+Handler = Callable[[AsyncConnection, Event], Awaitable[None]] | WakeUp
 
 CONSUMED = Counter(
     "segments_events_consumed", "Events consumed, by type and outcome", ["type", "outcome"]
@@ -48,7 +59,32 @@ def inbox_id(event_id: str) -> uuid.UUID:
         return uuid.uuid5(uuid.NAMESPACE_URL, event_id)
 
 
-class EventConsumer:
+def check_handlers(service: str, handlers: Mapping[str, Handler]) -> None:
+    """Refuse handlers whose event types differ from the service's bindings."""
+    if service not in SERVICE_BINDINGS:
+        raise ValueError(
+            f"{service!r} has no entry in SERVICE_BINDINGS "
+            f"(segments_shared/bus/topology.py): one of {sorted(SERVICE_BINDINGS)}"
+        )
+    bound = set(SERVICE_BINDINGS[service])
+    missing = sorted(bound - set(handlers))
+    extra = sorted(set(handlers) - bound)
+    problems = []
+    if missing:
+        problems.append(f"bound without a handler: {', '.join(missing)}")
+    if extra:
+        problems.append(f"handled but not bound: {', '.join(extra)}")
+    if problems:
+        raise ValueError(
+            f"{service} handlers differ from its SERVICE_BINDINGS entry "
+            f"(segments_shared/bus/topology.py); {'; '.join(problems)}"
+        )
+
+
+class EventConsumer(WorkerLoop):
+    """Consumes the service's queue until stopped; each step is one channel's life, and a
+    channel or connection the broker drops is replaced after the suite's back-off."""
+
     def __init__(
         self,
         engine: AsyncEngine,
@@ -60,6 +96,8 @@ class EventConsumer:
         prefetch: int = 100,
         after_commit: Callable[[Event], None] | None = None,
     ) -> None:
+        check_handlers(service, handlers)
+        super().__init__(f"{service} consumer", backoff=BackoffPolicy(0.2, 10.0))
         self.engine = engine
         self.topology = topology
         self.service = service
@@ -67,7 +105,6 @@ class EventConsumer:
         self.prefetch = prefetch
         self.after_commit = after_commit
         self.broker = BrokerConnection(amqp_url, service)
-        self._stopping = asyncio.Event()
         self._consuming_on: AbstractChannel | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
 
@@ -78,33 +115,29 @@ class EventConsumer:
         channel = self._consuming_on
         return self.broker.is_connected and channel is not None and not channel.is_closed
 
-    def stop(self) -> None:
-        self._stopping.set()
+    async def step(self) -> float | None:
+        if not self.broker.is_connected or self.broker.lost.is_set():
+            await self._drain()
+            await self.broker.close()
+            await self.broker.connect()
+        try:
+            channel = await self.broker.channel(publisher_confirms=False)
+        except Exception:
+            # A connection that cannot open a channel is not usable: the next step replaces it.
+            await self.broker.close()
+            raise
+        trouble = await self._consume_on(channel)
+        if self.stopping:
+            return None
+        raise Trouble(trouble)
 
-    async def run(self) -> None:
-        backoff = Backoff()
-        while not self._stopping.is_set():
-            if await self.broker.connect_with_backoff(self._stopping) is None:
-                break
-            try:
-                # A channel the broker closes is replaced on the same connection.
-                while not self._stopping.is_set() and self.broker.is_connected:
-                    await self._consume_on_new_channel(backoff)
-                    if not self._stopping.is_set():
-                        await backoff.sleep(self._stopping)
-            except Exception as exc:
-                log.warning("consumer lost the broker", extra={"error": repr(exc)})
-            finally:
-                await self._drain()
-                await self.broker.close()
-            if not self._stopping.is_set():
-                await backoff.sleep(self._stopping)
+    async def stopped(self) -> None:
+        await self._drain()
+        await self.broker.close()
 
-    async def _consume_on_new_channel(self, backoff: Backoff) -> None:
-        """Open a channel, declare the queue, consume until the channel, the consumer or the
-        connection goes (or we stop), then finish what is in flight. Errors of the connection
-        (opening the channel) propagate; errors of the channel are logged here."""
-        channel = await self.broker.channel(publisher_confirms=False)
+    async def _consume_on(self, channel: AbstractChannel) -> str:
+        """Declare the queue and consume until the channel, the consumer or the connection goes
+        (or we stop), then finish what is in flight; returns what happened."""
         cancelled = asyncio.Event()
 
         def on_cancel(_frame: object) -> None:
@@ -113,37 +146,35 @@ class EventConsumer:
             cancelled.set()
 
         queue_name = self.topology.service_queue(self.service)
-        started: float | None = None
+        trouble = "consumer channel failed"
         try:
             await channel.set_qos(prefetch_count=self.prefetch)
             queue = await declare_service_queue(channel, self.topology, self.service)
             (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(on_cancel)
             tag = await queue.consume(self._on_message)
             self._consuming_on = channel
-            started = time.monotonic()
             log.info("consuming", extra={"queue": queue_name})
-            await wait_for_trouble(channel, self.broker.lost, self._stopping, cancelled)
-            if self._stopping.is_set() and not channel.is_closed and not cancelled.is_set():
+            await wait_for_trouble(channel, self.broker.lost, self.stopping_event, cancelled)
+            if self.stopping and not channel.is_closed and not cancelled.is_set():
                 # Stop taking new work; what is in flight finishes before the channel closes.
                 with contextlib.suppress(Exception):
                     await queue.cancel(tag)
             elif cancelled.is_set():
-                log.warning("consumer cancelled by the broker", extra={"queue": queue_name})
+                trouble = f"consumer of {queue_name} cancelled by the broker"
             elif self.broker.lost.is_set():
-                log.warning("consumer lost the broker connection", extra={"queue": queue_name})
+                trouble = f"consumer of {queue_name} lost the broker connection"
             elif channel.is_closed:
-                log.warning("consumer channel closed by the broker", extra={"queue": queue_name})
+                trouble = f"consumer channel of {queue_name} closed by the broker"
         except Exception as exc:
-            log.warning("consumer channel failed", extra={"queue": queue_name, "error": repr(exc)})
+            trouble = f"consumer channel of {queue_name} failed: {exc!r}"
         finally:
             self._consuming_on = None
-            if started is not None and time.monotonic() - started >= STABLE_SECONDS:
-                backoff.reset()  # a channel that keeps failing at once keeps backing off
             # A channel closing cancels its deliveries' handlers (aiormq), so their transactions
             # roll back and the broker redelivers them; a handler that committed just before
             # cannot acknowledge, and the inbox skips its redelivery. On stop, handlers finish.
             await self._drain()
             await close_channel(channel)
+        return trouble
 
     async def _drain(self, grace_seconds: float = 25.0) -> None:
         if self._in_flight:
@@ -174,7 +205,9 @@ class EventConsumer:
         token = correlation_id_var.set(event.correlationid)
         started = time.perf_counter()
         try:
-            if handler is not None:
+            if isinstance(handler, WakeUp):
+                handler.wake()
+            elif handler is not None:
                 async with self.engine.begin() as conn:
                     if await record_processed(conn, self.service, inbox_id(event.id)):
                         await handler(conn, event)

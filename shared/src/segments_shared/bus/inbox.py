@@ -1,4 +1,5 @@
-"""Processed-message records, so each consumer handles an event once (STYLE rule 7)."""
+"""Processed-message records, so each consumer handles an event once
+(docs/architecture.md#events-the-outbox-relay-and-consumers)."""
 
 import uuid
 

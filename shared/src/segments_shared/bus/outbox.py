@@ -1,4 +1,5 @@
-"""Writing events: in the caller's transaction, never published from it (STYLE rule 7)."""
+"""Writing events: in the caller's transaction, never published from it
+(docs/architecture.md#events-the-outbox-relay-and-consumers)."""
 
 from collections.abc import Sequence
 

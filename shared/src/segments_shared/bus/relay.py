@@ -3,8 +3,9 @@
 Rows are claimed with `FOR UPDATE SKIP LOCKED`, so several replicas share the outbox without
 publishing a row twice at once; they are marked published only after every confirm of the
 batch arrived. A crash between confirm and mark publishes a row again (at least once):
-consumers are idempotent by event id. Publishing keeps a whole batch of confirms in flight
-(PITFALLS.md: one awaited publish at a time caps out near 2,400 messages/s).
+consumers are idempotent by event id. Publishing keeps a whole batch of confirms in flight:
+one awaited publish at a time caps out near 2,400 messages/s
+(docs/pitfalls.md#rabbitmq-and-aio-pika).
 """
 
 import asyncio
@@ -13,25 +14,20 @@ import time
 from collections.abc import Sequence
 
 import aio_pika
-import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from prometheus_client import Counter, Histogram
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from segments_shared.bus.connection import (
-    STABLE_SECONDS,
-    Backoff,
-    BrokerConnection,
-    close_channel,
-)
+from segments_shared.backoff import BackoffPolicy
+from segments_shared.bus.connection import BrokerConnection, close_channel
+from segments_shared.bus.leadership import Leadership
 from segments_shared.bus.topology import Topology, declare_all, declare_events_exchange
-from segments_shared.db.engine import asyncpg_dsn
 from segments_shared.db.types import AnyRow
+from segments_shared.loop import Trouble, WorkerLoop
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "segments_outbox"
 
 PUBLISHED = Counter("segments_outbox_published", "Outbox events published and confirmed")
 PUBLISH_FAILURES = Counter(
@@ -59,9 +55,10 @@ _PURGE = text("DELETE FROM outbox WHERE published_at < now() - make_interval(hou
 
 
 def build_message(event_id: str, payload: str) -> aio_pika.Message:
-    """SPEC section 8: structured mode, persistent, `message_id` = the event id. The type is
-    the routing key and the correlation id travels in the document (`correlationid`): more
-    properties would only cost marshalling on the hottest path."""
+    """Structured mode, persistent, `message_id` = the event id
+    (docs/events.md#envelope-and-delivery). The type is the routing key and the correlation
+    id travels in the document (`correlationid`): more properties would only cost
+    marshalling on the hottest path."""
     return aio_pika.Message(
         payload.encode(),
         content_type="application/cloudevents+json",
@@ -70,7 +67,13 @@ def build_message(event_id: str, payload: str) -> aio_pika.Message:
     )
 
 
-class OutboxRelay:
+class OutboxRelay(WorkerLoop):
+    """Publishes the outbox. Every service process runs one, but only one of them at a time
+    leads (bus/leadership.py): the others stand by, connected to the broker, and take over
+    within `standby_seconds` of the leader's process or connection going away. The leader
+    polls every `publish_poll_seconds` while the outbox is empty, and drains at once while it
+    is not: one relay works per event, not one per service."""
+
     def __init__(
         self,
         engine: AsyncEngine,
@@ -83,94 +86,75 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         publish_timeout: float = 10.0,
         keep_published_hours: int = 24,
+        standby_seconds: float = 1.0,
+        publish_poll_seconds: float = 0.05,
+        prefer_standby: bool = False,
     ) -> None:
+        super().__init__(name, poll_seconds=poll_interval, backoff=BackoffPolicy(0.2, 5.0))
         self.engine = engine
         self.topology = topology
         self.broker = BrokerConnection(amqp_url, name)
         self.batch_size = batch_size
         self.concurrency = concurrency
-        self.poll_interval = poll_interval
         self.publish_timeout = publish_timeout
         self.keep_published_hours = keep_published_hours
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
+        self.standby_seconds = standby_seconds
+        self.publish_poll_seconds = publish_poll_seconds
+        self.leadership = Leadership(engine.url, name, prefer_standby=prefer_standby)
         self._last_purge = 0.0
         self._channel: AbstractChannel | None = None
 
     @property
     def broker_connected(self) -> bool:
-        """Connected, with an open publishing channel. A channel the broker closed counts as
-        down until it is replaced."""
+        """Connected, with an open channel (publishing, or standing by). A channel the broker
+        closed counts as down until it is replaced."""
         channel = self._channel
         return self.broker.is_connected and channel is not None and not channel.is_closed
 
-    def wake(self) -> None:
-        self._wake.set()
+    @property
+    def leading(self) -> bool:
+        return self.leadership.leading
 
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-
-    async def run(self) -> None:
-        listener = asyncio.create_task(self._listen(), name="outbox-listen")
+    async def step(self) -> float | None:
+        if not self.broker.is_connected or self.broker.lost.is_set():
+            await self.broker.close()
+            await self.broker.connect()
         try:
-            backoff = Backoff(cap=5.0)
-            while not self._stopping.is_set():
-                if await self.broker.connect_with_backoff(self._stopping) is None:
-                    break
-                try:
-                    # A channel the broker closes (or one a publish timed out on) is replaced
-                    # on the same connection.
-                    while not self._stopping.is_set() and self.broker.is_connected:
-                        await self._publish_on_new_channel(backoff)
-                        if not self._stopping.is_set():
-                            await backoff.sleep(self._stopping)
-                except Exception as exc:
-                    log.warning("relay lost the broker", extra={"error": repr(exc)})
-                finally:
-                    await self.broker.close()
-                if not self._stopping.is_set():
-                    await backoff.sleep(self._stopping)
-        finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
-
-    async def _publish_on_new_channel(self, backoff: Backoff) -> None:
-        """Open a channel, declare the topology and publish until the channel or the
-        connection goes (or we stop). Errors of the connection (opening the channel)
-        propagate; a failed batch or a channel error closes this channel."""
-        channel = await self.broker.channel(on_return_raises=True)
+            channel = await self.broker.channel(on_return_raises=True)
+        except Exception:
+            # A connection that cannot open a channel is not usable: the next step replaces it.
+            await self.broker.close()
+            raise
         # Wake the pump the moment the channel closes, rather than at its next publish.
         channel.close_callbacks.add(self._on_channel_close)
-        started: float | None = None
         try:
             # Declaring every queue here means no event is published before the queues that
             # should receive it exist, whichever service starts first.
             await declare_all(channel, self.topology)
             exchange = await declare_events_exchange(channel, self.topology)
             self._channel = channel
-            started = time.monotonic()
-            await self._pump(channel, exchange)
-            if self.broker.lost.is_set():
-                log.warning("relay lost the broker connection")
-            elif channel.is_closed:
-                log.warning("relay channel closed by the broker")
-        except Exception as exc:
+            await self._serve(channel, exchange)
+        except Exception:
             PUBLISH_FAILURES.inc()
-            cause = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
-            log.warning("relay channel failed", extra={"error": repr(cause)})
+            raise
         finally:
             self._channel = None
-            if started is not None and time.monotonic() - started >= STABLE_SECONDS:
-                backoff.reset()  # a channel that keeps failing at once keeps backing off
             channel.close_callbacks.discard(self._on_channel_close)
             await close_channel(channel)
+        if self.stopping:
+            return None
+        if self.broker.lost.is_set():
+            raise Trouble("relay lost the broker connection")
+        raise Trouble("relay channel closed by the broker")
 
-    def _on_channel_close(self, *_: object) -> None:
-        self._wake.set()
-
-    async def _pump(self, channel: AbstractChannel, exchange: AbstractExchange) -> None:
-        while not self._stopping.is_set() and not channel.is_closed:
+    async def _serve(self, channel: AbstractChannel, exchange: AbstractExchange) -> None:
+        """Lead and publish, or stand by, until the channel or the connection goes. The
+        leader polls: a NOTIFY from every writer would queue their commits on one lock
+        (docs/pitfalls.md)."""
+        while not self.stopping and not channel.is_closed and not self.broker.lost.is_set():
+            if not await self.leadership.hold():
+                await self._sleep(self._wake, self.standby_seconds)
+                continue
             self._wake.clear()
             # Several drains claim disjoint batches (SKIP LOCKED), so one batch's database
             # round trips overlap another's wait for confirms.
@@ -178,18 +162,19 @@ class OutboxRelay:
                 for _ in range(self.concurrency):
                     group.create_task(self._drain(exchange))
             await self._maybe_purge()
-            await self._sleep(self.poll_interval)
+            await self._sleep(self._wake, self.publish_poll_seconds)
+
+    async def stopped(self) -> None:
+        await self.leadership.close()
+        await self.broker.close()
+
+    def _on_channel_close(self, *_: object) -> None:
+        self.wake()
 
     async def _drain(self, exchange: AbstractExchange) -> None:
-        while not self._stopping.is_set():
+        while not self.stopping and self.leadership.leading:
             if await self.publish_batch(exchange) < self.batch_size:
                 return
-
-    async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except TimeoutError:
-            pass
 
     async def publish_batch(self, exchange: AbstractExchange) -> int:
         """Publish one batch of unpublished rows; returns how many were published."""
@@ -228,26 +213,3 @@ class OutboxRelay:
         self._last_purge = time.monotonic()
         async with self.engine.begin() as conn:
             await conn.execute(_PURGE, {"hours": self.keep_published_hours})
-
-    async def _listen(self) -> None:
-        """LISTEN for new rows on a dedicated connection; polling covers any gap."""
-        while not self._stopping.is_set():
-            try:
-                await self._listen_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("outbox LISTEN connection failed", extra={"error": repr(exc)})
-            await asyncio.sleep(1)
-
-    async def _listen_once(self) -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(self.engine.url))
-        try:
-            lost = asyncio.Event()
-            conn.add_termination_listener(lambda _conn: lost.set())
-            await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
-            self._wake.set()  # rows may have arrived while we were not listening
-            await lost.wait()
-        finally:
-            if not conn.is_closed():
-                await conn.close()

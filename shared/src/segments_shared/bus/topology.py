@@ -1,26 +1,44 @@
-"""Exchanges, queues and dead-lettering (SPEC section 8), all named under the bus prefix.
+"""Exchanges, queues and dead-lettering (docs/events.md), all named under the bus prefix.
 
 <prefix>.events          topic exchange every event is published to (routing key = type)
-<prefix>.unrouted        its alternate exchange (fanout) and the queue keeping unbound events
+<prefix>.unrouted        its alternate exchange (fanout) and the queue keeping unbound events,
+                         bounded: at most UNROUTED_MAX_LENGTH messages, the oldest dropped first
 <prefix>.dlx             direct exchange receiving dead letters
 <prefix>.<service>       each worker's durable quorum queue, x-delivery-limit 5
 <prefix>.<service>.dlq   where that queue's dead letters land
 """
 
+import logging
 from dataclasses import dataclass
 
+import aiormq
 from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aiormq.abc import ArgumentsType
+
+from segments_shared.events import EVENT_TYPES
+
+log = logging.getLogger(__name__)
 
 DELIVERY_LIMIT = 5
+UNROUTED_MAX_LENGTH = 100_000
+UNROUTED_ARGUMENTS: ArgumentsType = {
+    "x-queue-type": "quorum",
+    "x-max-length": UNROUTED_MAX_LENGTH,
+    "x-overflow": "drop-head",
+}
+DECLARE_TIMEOUT = 10.0
 
-# What each consuming service listens to; patterns follow AMQP topic syntax.
+# The one registry of what each consuming service handles: its queue binds exactly these event
+# types (exact names, no wildcards) and `EventConsumer` refuses handlers for any other set. The
+# relays declare every service's queue from here, so it lives in shared, not in the services.
 SERVICE_BINDINGS: dict[str, tuple[str, ...]] = {
-    "sync-worker": ("sync.requested", "segment.deleted", "customer.erased"),
+    # sync.requested wakes the runner; segment.deleted drops our record of the segment.
+    "sync-worker": ("sync.requested", "segment.deleted"),
+    # Each wakes the KPI recomputation; orders and erasures also schedule RFM.
     "metrics-worker": (
         "segment.created",
         "segment.updated",
-        "segment.deleted",
         "segment.activated",
         "segment.members_changed",
         "customer.changed",
@@ -62,12 +80,44 @@ class Topology:
         return [self.events_exchange, self.unrouted, self.dead_letter_exchange]
 
 
+async def declare_unrouted_queue(channel: AbstractChannel, topology: Topology) -> None:
+    """Declare `<prefix>.unrouted` with its bound, on a channel of its own.
+
+    An installation of an earlier version has this queue without the bound, and redeclaring a
+    queue with other arguments fails with PRECONDITION_FAILED, which closes the channel; doing
+    it on a separate channel keeps the caller's open. Such a queue is deleted and declared
+    again: it only parks events nobody consumes, so dropping what it holds loses nothing a
+    consumer was owed (and the count is logged)."""
+    connection = (await channel.get_underlay_channel()).connection
+    probe = await connection.channel(timeout=DECLARE_TIMEOUT)
+    try:
+        await probe.queue_declare(
+            topology.unrouted, durable=True, arguments=UNROUTED_ARGUMENTS, timeout=DECLARE_TIMEOUT
+        )
+        return
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        reason = str(exc)
+    finally:
+        await probe.close()
+    replacing = await connection.channel(timeout=DECLARE_TIMEOUT)
+    try:
+        deleted = await replacing.queue_delete(topology.unrouted, timeout=DECLARE_TIMEOUT)
+        await replacing.queue_declare(
+            topology.unrouted, durable=True, arguments=UNROUTED_ARGUMENTS, timeout=DECLARE_TIMEOUT
+        )
+    finally:
+        await replacing.close()
+    log.warning(
+        "unrouted queue redeclared with its bound, the events it held dropped",
+        extra={"queue": topology.unrouted, "dropped": deleted.message_count, "reason": reason},
+    )
+
+
 async def declare_events_exchange(channel: AbstractChannel, topology: Topology) -> AbstractExchange:
     """The events exchange and its alternate exchange: what a publisher needs."""
     unrouted = await channel.declare_exchange(topology.unrouted, ExchangeType.FANOUT, durable=True)
-    unrouted_queue = await channel.declare_queue(
-        topology.unrouted, durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    await declare_unrouted_queue(channel, topology)
+    unrouted_queue = await channel.get_queue(topology.unrouted, ensure=False)
     await unrouted_queue.bind(unrouted)
     return await channel.declare_exchange(
         topology.events_exchange,
@@ -82,6 +132,12 @@ async def declare_service_queue(
 ) -> AbstractQueue:
     """A service's quorum queue, bound to its events, with its dead-letter queue."""
     events = await declare_events_exchange(channel, topology)
+    return await _declare_service_queue(channel, topology, service, events)
+
+
+async def _declare_service_queue(
+    channel: AbstractChannel, topology: Topology, service: str, events: AbstractExchange
+) -> AbstractQueue:
     dlx = await channel.declare_exchange(
         topology.dead_letter_exchange, ExchangeType.DIRECT, durable=True
     )
@@ -99,14 +155,22 @@ async def declare_service_queue(
             "x-dead-letter-routing-key": service,
         },
     )
-    for pattern in SERVICE_BINDINGS[service]:
-        await queue.bind(events, routing_key=pattern)
+    bound = SERVICE_BINDINGS[service]
+    for event_type in bound:
+        await queue.bind(events, routing_key=event_type)
+    # A binding an earlier version made stays on the durable queue after its type left the
+    # registry; remove it so that only events with a handler arrive. Unbinding a binding that
+    # does not exist succeeds.
+    for event_type in EVENT_TYPES:
+        if event_type not in bound:
+            await queue.unbind(events, routing_key=event_type)
     return queue
 
 
 async def declare_all(channel: AbstractChannel, topology: Topology) -> None:
+    events = await declare_events_exchange(channel, topology)
     for service in SERVICE_BINDINGS:
-        await declare_service_queue(channel, topology, service)
+        await _declare_service_queue(channel, topology, service, events)
 
 
 async def delete_all(channel: AbstractChannel, topology: Topology) -> None:

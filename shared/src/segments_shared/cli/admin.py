@@ -14,6 +14,7 @@ from segments_shared.bus.connection import amqp_url_with_defaults
 from segments_shared.bus.topology import SERVICE_BINDINGS, Topology, declare_service_queue
 from segments_shared.config import BrokerSettings, DatabaseSettings
 from segments_shared.db.engine import create_engine
+from segments_shared.jobs import store
 
 
 def _out(line: str) -> None:
@@ -91,27 +92,15 @@ async def _replay_dlq(service: str, limit: int | None) -> int:
 
 
 async def _recompute_metrics() -> int:
-    """Mark every segment stale; the metrics-worker recomputes them."""
+    """Ask the metrics-worker for a full check of every segment's KPIs against the orders,
+    and for everyone's RFM scores; returns how many segments it checks."""
     engine = create_engine(DatabaseSettings(), pool_size=1)
     try:
         async with engine.begin() as conn:
-            result = await conn.execute(
-                text(
-                    """
-                    INSERT INTO metrics_dirty_segments (segment_id)
-                    SELECT id FROM segments
-                    ON CONFLICT (segment_id) DO UPDATE
-                    SET generation = metrics_dirty_segments.generation + 1, marked_at = now()
-                    """
-                )
-            )
-            await conn.execute(
-                text(
-                    "INSERT INTO scheduled_jobs (name, due_at) VALUES ('rfm', now()) "
-                    "ON CONFLICT (name) DO UPDATE SET due_at = now()"
-                )
-            )
-            return int(result.rowcount or 0)
+            for queue in ("kpi_check", "rfm"):
+                await store.request(conn, queue, "all")
+            segments = await conn.execute(text("SELECT count(*) FROM segments"))
+            return int(segments.scalar_one())
     finally:
         await engine.dispose()
 
@@ -131,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("service", choices=sorted(SERVICE_BINDINGS))
     replay.add_argument("--limit", type=int, default=None)
     commands.add_parser(
-        "recompute-metrics", help="recompute every segment's KPIs and every RFM score"
+        "recompute-metrics",
+        help="check every segment's KPIs against the orders and recompute every RFM score",
     )
     args = parser.parse_args(argv)
 
@@ -151,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "replay-dlq":
         _out(f"replayed {asyncio.run(_replay_dlq(args.service, args.limit))} messages")
     else:
-        _out(f"marked {asyncio.run(_recompute_metrics())} segments for recomputation")
+        _out(f"asked for a check of {asyncio.run(_recompute_metrics())} segments and RFM scores")
     return 0
 
 

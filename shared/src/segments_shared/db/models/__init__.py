@@ -11,36 +11,43 @@ from segments_shared.db.models.destinations import (
     SyncRunFailure,
     VendorRateWindow,
 )
-from segments_shared.db.models.jobs import ScheduledJob
-from segments_shared.db.models.metrics import MetricsDirtySegment, SegmentKpis
+from segments_shared.db.models.jobs import Job
+from segments_shared.db.models.metrics import (
+    CustomerKpiParts,
+    MetricsChange,
+    RfmBoundaries,
+    SegmentKpis,
+)
 from segments_shared.db.models.segments import (
+    RuleRefreshPending,
     Segment,
     SegmentHistory,
     SegmentMember,
     SegmentOverride,
-    SegmentRefresh,
     SegmentRefreshSignal,
 )
 
 __all__ = [
     "ApiKey",
     "Customer",
+    "CustomerKpiParts",
     "CustomerRfm",
     "Destination",
     "DestinationMember",
     "DestinationSegment",
     "IdempotencyKey",
     "Inbox",
-    "MetricsDirtySegment",
+    "Job",
+    "MetricsChange",
     "Order",
     "Outbox",
-    "ScheduledJob",
+    "RfmBoundaries",
+    "RuleRefreshPending",
     "Segment",
     "SegmentHistory",
     "SegmentKpis",
     "SegmentMember",
     "SegmentOverride",
-    "SegmentRefresh",
     "SegmentRefreshSignal",
     "SyncRun",
     "SyncRunFailure",

@@ -10,7 +10,8 @@ from segments_shared.db.base import Base
 
 
 class ApiKey(Base):
-    """API keys, stored as SHA-256 digests of high-entropy random keys (SPEC section 3)."""
+    """API keys, stored as SHA-256 digests of high-entropy random keys
+    (docs/contract.md#http-conventions)."""
 
     __tablename__ = "api_keys"
 

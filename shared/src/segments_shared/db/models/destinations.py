@@ -13,13 +13,13 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
-    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from segments_shared.db.base import Base
+from segments_shared.db.models.columns import DefaultNow
 
 
 class Destination(Base):
@@ -34,8 +34,8 @@ class Destination(Base):
     # Identifies the vendor account, so limits hold across destinations sharing one.
     account_key: Mapped[str] = mapped_column(Text)
     version: Mapped[int] = mapped_column(Integer, server_default="1")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[DefaultNow]
+    updated_at: Mapped[DefaultNow]
 
     __table_args__ = (
         CheckConstraint(
@@ -62,9 +62,7 @@ class SyncRun(Base):
         UUID, ForeignKey("destinations.id", ondelete="CASCADE")
     )
     status: Mapped[str] = mapped_column(Text, server_default="queued")
-    requested_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    requested_at: Mapped[DefaultNow]
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     stats: Mapped[dict[str, Any]] = mapped_column(
@@ -78,8 +76,8 @@ class SyncRun(Base):
     # The run's working state (remote id, phase), checkpointed after every batch.
     checkpoint: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     correlation_id: Mapped[str | None] = mapped_column(Text)
-    lease_owner: Mapped[str | None] = mapped_column(Text)
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Carried out as a job of the job engine (`jobs`, queue `sync_run`), which holds its
+    # lease and counts its attempts; this is the count as of its latest claim.
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
 
     __table_args__ = (
@@ -96,11 +94,6 @@ class SyncRun(Base):
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
         Index("ix_sync_runs_segment_id_requested_at", "segment_id", "requested_at"),
-        Index(
-            "ix_sync_runs_lease",
-            "lease_expires_at",
-            postgresql_where=text("status IN ('queued', 'running')"),
-        ),
     )
 
 
@@ -116,9 +109,7 @@ class SyncRunFailure(Base):
     record: Mapped[str] = mapped_column(Text)
     operation: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
-    occurred_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    occurred_at: Mapped[DefaultNow]
 
 
 class DestinationSegment(Base):
@@ -138,7 +129,7 @@ class DestinationSegment(Base):
     last_run_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     last_success_run_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[DefaultNow]
 
     __table_args__ = (
         CheckConstraint("state IN ('queued', 'syncing', 'synced', 'failed')", name="state"),
@@ -163,7 +154,7 @@ class DestinationMember(Base):
     external_id: Mapped[str | None] = mapped_column(Text)
     email: Mapped[str | None] = mapped_column(Text)
     remote_member_id: Mapped[str | None] = mapped_column(Text)
-    synced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    synced_at: Mapped[DefaultNow]
 
     # The planner joins the record to the segment by customer, in order (a merge join),
     # reading the keys from the index alone.

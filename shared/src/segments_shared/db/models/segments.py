@@ -15,7 +15,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from segments_shared.db.base import Base
@@ -38,7 +38,7 @@ class Segment(Base):
     # Kept exact in the same transaction as every membership change.
     member_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
     membership_version: Mapped[int] = mapped_column(BigInteger, server_default="0")
-    # Changes only on user edits (SPEC section 3), sent as the ETag.
+    # Changes only on user edits (docs/contract.md#http-conventions), sent as the ETag.
     version: Mapped[int] = mapped_column(Integer, server_default="1")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -113,10 +113,11 @@ class SegmentHistory(Base):
 
 
 class SegmentRefreshSignal(Base):
-    """Changes not yet folded into rule-segment refreshes: customers or orders changed, or
-    the membership of `segment_id` (which rules may refer to) did. One row per writing
-    transaction, insert-only, so writers never wait for each other; segment-api's refresher
-    consumes them and schedules the affected rule segments (`segment_api/rules/queue.py`)."""
+    """Changes not yet folded into rule-segment refreshes: customers changed (`customers`,
+    `orders`, `rfm`: their scores moved), or the membership of `segment_id` (which rules may
+    refer to) did; `customer_ids` names them, NULL meaning too many to name (or everyone).
+    Insert-only, so writers never wait for each other; segment-api's refresher takes them
+    (`segment_api/rules/signals.py`)."""
 
     __tablename__ = "segment_refresh_signals"
 
@@ -124,22 +125,20 @@ class SegmentRefreshSignal(Base):
     kind: Mapped[str] = mapped_column(Text)
     segment_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    customer_ids: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))
 
-    __table_args__ = (CheckConstraint("kind IN ('customers', 'orders', 'segment')", name="kind"),)
+    __table_args__ = (
+        CheckConstraint("kind IN ('customers', 'orders', 'segment', 'rfm')", name="kind"),
+    )
 
 
-class SegmentRefresh(Base):
-    """Rule segments waiting for a membership recomputation (debounced, shared by replicas)."""
+class RuleRefreshPending(Base):
+    """Customers a rule segment's next refresh re-evaluates (when its rule allows a refresh
+    of some customers only)."""
 
-    __tablename__ = "segment_refreshes"
+    __tablename__ = "rule_refresh_pending"
 
     segment_id: Mapped[uuid.UUID] = mapped_column(
         UUID, ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
     )
-    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    generation: Mapped[int] = mapped_column(BigInteger, server_default="1")
-    cause: Mapped[str] = mapped_column(Text)
-    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    claimed_by: Mapped[str | None] = mapped_column(Text)
-
-    __table_args__ = (Index("ix_segment_refreshes_due_at", "due_at"),)
+    customer_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
