@@ -1,47 +1,19 @@
-"""Event handlers: thin, one per event type.
+"""Event handlers: one per event type the metrics-worker's entry in `SERVICE_BINDINGS` lists
+(the consumer refuses any other set), all the same.
 
-segment-api marks KPIs stale in the transaction of each change, so `stale` is exact; these
-handlers wake the recomputation as soon as the event arrives instead of waiting for a poll.
-Order changes and erasures also ask for an RFM recomputation, debounced: the first such event
-since the last run sets it due `rfm_debounce` seconds later, and later ones fold into it.
+Writers record what changed in `metrics_changes` in the transaction of each change, and the
+fold takes it from there; these events only wake the fold sooner than its poll. A wake-up
+needs no transaction and no inbox row (`WakeUp`), so a stream of events costs the database
+nothing.
 """
 
 from collections.abc import Callable
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from segments_shared.bus.consumer import Handler, WakeUp
+from segments_shared.bus.topology import SERVICE_BINDINGS
 
-from metrics_worker import rfm
-from metrics_worker.jobs import request_job
-from segments_shared.bus.consumer import Handler
-from segments_shared.events import Event
-
-RFM_EVENTS = frozenset({"order.recorded", "customer.erased"})
+SERVICE = "metrics-worker"
 
 
-def build_handlers(wake_kpis: Callable[[], None], *, rfm_debounce: float) -> dict[str, Handler]:
-    async def kpis_affected(_conn: AsyncConnection, _event: Event) -> None:
-        wake_kpis()
-
-    async def orders_affected(conn: AsyncConnection, _event: Event) -> None:
-        wake_kpis()
-        await request_job(conn, rfm.JOB, within=rfm_debounce)
-
-    return {
-        "segment.created": kpis_affected,
-        "segment.updated": kpis_affected,
-        "segment.activated": kpis_affected,
-        "segment.members_changed": kpis_affected,
-        "customer.changed": kpis_affected,
-        "customer.erased": orders_affected,
-        "order.recorded": orders_affected,
-    }
-
-
-def after_commit(wake_rfm: Callable[[], None]) -> Callable[[Event], None]:
-    """Wake the RFM loop once the request is committed, so it sees the new due time."""
-
-    def woken(event: Event) -> None:
-        if event.type in RFM_EVENTS:
-            wake_rfm()
-
-    return woken
+def build_handlers(changes_arrived: Callable[[], None]) -> dict[str, Handler]:
+    return dict.fromkeys(SERVICE_BINDINGS[SERVICE], WakeUp(changes_arrived))

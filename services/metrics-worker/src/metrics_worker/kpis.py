@@ -1,42 +1,35 @@
-"""Lifetime KPIs of a segment (SPEC section 7), computed in one SQL statement.
+"""A segment's KPIs from scratch: one SQL statement over its members, their customers and
+their placed orders (segments_shared/kpis.py defines the figures).
 
-- Only `placed` orders count; a member without one still counts in `customers`.
-- `reachable_customers`: members with an email and `email_status` `subscribed`.
-- Money and latency are rounded half-up to two decimals exactly, in integer arithmetic
-  (`floor((200 a + n) / 2n) / 100` for a / n): no intermediate division rounds first.
-- `average_order_value` is null without orders, `customer_lifetime_value` without members,
-  `order_latency_days` when no member has two placed orders.
-- Order latency is the mean gap, in days, between consecutive placed orders of the same
-  member. A member's gaps add up to the time between their first and last order, so the mean
-  is (sum over members of last - first) / (sum over members of orders - 1): one grouped pass
-  over the orders index, no window function.
+The fold (metrics_worker/fold.py) keeps the KPIs by deltas; this statement is what they must
+equal. The full check (metrics_worker/check.py) runs it on a schedule and on demand, and
+the tests hold the two together.
 """
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
+from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from segments_shared.events import Kpis
+from segments_shared.kpis import derived_columns
 
+_SUMS = {
+    "customers": "p.customers",
+    "reachable_customers": "p.reachable_customers",
+    "total_revenue": "o.total_revenue",
+    "total_orders": "o.total_orders",
+    "order_gaps": "o.order_gaps",
+    "gap_seconds": "o.gap_seconds",
+}
 
-def _half_up_cents(numerator: str, denominator: str) -> str:
-    """SQL for numerator / denominator rounded half-up to 0.01 (both non-negative); null
-    when the denominator is 0."""
-    return (
-        f"CASE WHEN {denominator} > 0 "
-        f"THEN div(200 * {numerator} + {denominator}, 2 * {denominator}) * 0.01 END"
-    )
-
-
-_KPIS = text(
+# Each member's placed orders, grouped per member from the index on (customer_id, placed_at)
+# that carries status and total.
+_FROM_SCRATCH = text(
     f"""
     WITH member_orders AS (
-        SELECT count(*) AS orders,
-               sum(o.total) AS revenue,
+        SELECT count(*) AS orders, sum(o.total) AS revenue,
                max(o.placed_at) - min(o.placed_at) AS span
         FROM segment_members m
         JOIN orders o ON o.customer_id = m.customer_id
@@ -46,8 +39,8 @@ _KPIS = text(
     order_figures AS (
         SELECT coalesce(sum(orders), 0)::bigint AS total_orders,
                coalesce(sum(revenue), 0) AS total_revenue,
-               coalesce(sum(orders - 1), 0)::bigint AS gaps,
-               extract(epoch FROM sum(span)) AS gap_seconds
+               coalesce(sum(orders - 1), 0)::bigint AS order_gaps,
+               coalesce(extract(epoch FROM sum(span)), 0) AS gap_seconds
         FROM member_orders
     ),
     people AS (
@@ -58,49 +51,15 @@ _KPIS = text(
         FROM segment_members m JOIN customers c ON c.id = m.customer_id
         WHERE m.segment_id = :segment_id
     )
-    SELECT p.customers,
-           p.reachable_customers,
-           o.total_revenue,
-           o.total_orders,
-           {_half_up_cents("o.total_revenue", "o.total_orders")} AS average_order_value,
-           {_half_up_cents("o.total_revenue", "p.customers")} AS customer_lifetime_value,
-           {_half_up_cents("o.gap_seconds", "o.gaps * 86400")} AS order_latency_days,
+    SELECT {", ".join(f"{sql} AS {name}" for name, sql in _SUMS.items())},
+           {", ".join(f"{sql} AS {name}" for name, sql in derived_columns(_SUMS).items())},
            now() AS computed_at
     FROM people p CROSS JOIN order_figures o
     """
 )
 
 
-@dataclass(frozen=True)
-class SegmentKpis:
-    customers: int
-    reachable_customers: int
-    total_revenue: Decimal
-    total_orders: int
-    average_order_value: Decimal | None
-    customer_lifetime_value: Decimal | None
-    order_latency_days: Decimal | None
-    computed_at: datetime
-
-    def as_event(self) -> Kpis:
-        return Kpis(
-            customers=self.customers,
-            reachable_customers=self.reachable_customers,
-            total_revenue=f"{self.total_revenue:.2f}",
-            total_orders=self.total_orders,
-            average_order_value=_money(self.average_order_value),
-            customer_lifetime_value=_money(self.customer_lifetime_value),
-            order_latency_days=(
-                float(self.order_latency_days) if self.order_latency_days is not None else None
-            ),
-            computed_at=self.computed_at,
-        )
-
-
-def _money(value: Decimal | None) -> str | None:
-    return None if value is None else f"{value:.2f}"
-
-
-async def compute_segment_kpis(conn: AsyncConnection, segment_id: uuid.UUID) -> SegmentKpis:
-    row = (await conn.execute(_KPIS, {"segment_id": segment_id})).one()
-    return SegmentKpis(**row._asdict())
+async def compute_segment_kpis(conn: AsyncConnection, segment_id: uuid.UUID) -> Mapping[str, Any]:
+    """Every kept sum and derived figure of the segment, read from the data now."""
+    row = (await conn.execute(_FROM_SCRATCH, {"segment_id": segment_id})).one()
+    return dict(row._mapping)

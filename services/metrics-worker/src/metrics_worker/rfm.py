@@ -1,57 +1,29 @@
-"""RFM scores of every customer with a placed order (SPEC section 7), in one SQL statement.
+"""RFM scores (docs/rules.md#rfm-scores): every customer with a placed order gets recency,
+frequency and monetary scores, 1 to 5, 5 best.
 
-Measures, over `placed` orders only:
-
-- recency: whole days from the customer's last placed order to the computation
-  (`floor((now - last_order_at) / 1 day)`); fewer is better;
-- frequency: the number of placed orders; more is better;
-- monetary: the sum of their totals; more is better.
-
-Scores, 1 to 5 for each measure, over the N customers with at least one placed order:
+Measures, over `placed` orders only: recency, whole days from the last placed order to the
+computation (fewer is better); frequency, the number of placed orders; monetary, their
+revenue. A full computation scores everyone by quintile:
 
     score = 1 + floor(5 * W / N)
 
-where W is the number of those customers with a strictly worse value (more recency days; fewer
-orders; less revenue). So the worst value scores 1, customers with equal values always score
-the same (unlike `ntile()`, which splits ties arbitrarily), and without ties this is the
-quintile of the customer's position: with N = 10, positions 1-2 from the bottom score 1, 3-4
-score 2, and so on. A tie spanning a boundary takes the score of its lowest position, so a
-score can be empty (if 60% of buyers have one order, they all score 1 and two orders score 4).
-In SQL, W = rank() - 1 ordered from worst to best, in integer arithmetic.
+where N is the number of customers with a placed order and W the number of them with a
+strictly worse value. Customers with equal values score the same (unlike `ntile()`); a tie
+spanning a boundary takes the score of its lowest position, so a score can stay empty. In
+SQL, W = rank() - 1 ordered from worst to best, in integer arithmetic.
 
-The statement computes every score and then writes only the difference to `customer_rfm`:
-rows for new buyers, rows whose values or scores changed, and deletions for customers without
-a placed order any more (cancelled, refunded or erased). It stores `last_order_at` rather than
-the day count, which changes for everyone every day, so a run rewrites few rows. The last
-run's time is `scheduled_jobs.last_finished_at` of job 'rfm'; `changed_at` is the run that
-last changed a row.
+The full computation runs on a schedule (recency grows as days pass) and after bulk loads,
+and keeps its boundaries (`rfm_boundaries`): for each measure the least value scoring 2, 3,
+4 and 5. Between full computations, a customer whose orders changed is scored at once, in
+the KPI fold, against those boundaries: the score their values would have had in the last
+full computation. Customers scored that way and those scored in full agree wherever their
+values were present at the last full computation.
 """
 
-import asyncio
-import contextlib
-import logging
-import time
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Histogram
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
-from metrics_worker.jobs import claim_job, ensure_job, fail_job, finish_job, seconds_until_due
-
-log = logging.getLogger(__name__)
-
-JOB = "rfm"
-LEASE_SECONDS = 600.0
-RETRY_SECONDS = 30.0
-IDLE_POLL_SECONDS = 5.0
-
-RECOMPUTED = Counter("segments_rfm_recomputations", "RFM recomputations of every customer")
-RECOMPUTE_SECONDS = Histogram(
-    "segments_rfm_recompute_seconds",
-    "Time to recompute every customer's RFM scores",
-    buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 60, 120, 300),
-)
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 # Per statement: the per-customer aggregate streams from the orders index in customer order
 # (the planner underestimates the number of buyers and picks a hash aggregate that spills,
@@ -62,15 +34,15 @@ _SETTINGS = (
     "SET LOCAL jit = off",
 )
 
-_RECOMPUTE = text(
+# Every score, and only the difference written. Rows the fold scored after this statement's
+# snapshot are left alone (`changed_at`: their orders changed since; their next full
+# computation scores them). The boundaries go with the scores.
+_FULL = text(
     """
     WITH placed AS (
-        SELECT customer_id,
-               count(*) AS frequency,
-               sum(total) AS monetary,
+        SELECT customer_id, count(*) AS frequency, sum(total) AS monetary,
                max(placed_at) AS last_order_at
-        FROM orders
-        WHERE status = 'placed'
+        FROM orders WHERE status = 'placed'
         GROUP BY customer_id
     ),
     measured AS (
@@ -78,8 +50,8 @@ _RECOMPUTE = text(
                floor(extract(epoch FROM now() - last_order_at) / 86400) AS recency_days
         FROM placed
     ),
-    scored AS (
-        SELECT customer_id, last_order_at, frequency, monetary,
+    scored AS MATERIALIZED (
+        SELECT customer_id, last_order_at, frequency, monetary, recency_days,
                (1 + 5 * (rank() OVER (ORDER BY recency_days DESC) - 1)
                     / count(*) OVER ())::smallint AS recency_score,
                (1 + 5 * (rank() OVER (ORDER BY frequency) - 1)
@@ -106,6 +78,7 @@ _RECOMPUTE = text(
             monetary_score = d.monetary_score, changed_at = now()
         FROM diff d
         WHERE d.customer_id IS NOT NULL AND r.customer_id = d.stored_id
+          AND r.changed_at <= now()
         RETURNING 1
     ),
     inserted AS (
@@ -121,12 +94,78 @@ _RECOMPUTE = text(
     ),
     deleted AS (
         DELETE FROM customer_rfm r USING diff d
-        WHERE d.customer_id IS NULL AND r.customer_id = d.stored_id
+        WHERE d.customer_id IS NULL AND r.customer_id = d.stored_id AND r.changed_at <= now()
         RETURNING 1
+    ),
+    by_recency AS (SELECT recency_score AS score, max(recency_days) AS v FROM scored GROUP BY 1),
+    by_frequency AS (SELECT frequency_score AS score, min(frequency) AS v FROM scored GROUP BY 1),
+    by_monetary AS (SELECT monetary_score AS score, min(monetary) AS v FROM scored GROUP BY 1),
+    bounds AS (
+        INSERT INTO rfm_boundaries
+            (id, computed_at, buyers, recency_after, frequency_min, monetary_min)
+        SELECT 1, now(), (SELECT count(*) FROM scored),
+               ARRAY(SELECT (SELECT now() - make_interval(days => (max(v) + 1)::int)
+                             FROM by_recency WHERE score >= k)
+                     FROM generate_series(2, 5) AS k ORDER BY k),
+               ARRAY(SELECT (SELECT min(v) FROM by_frequency WHERE score >= k)
+                     FROM generate_series(2, 5) AS k ORDER BY k),
+               ARRAY(SELECT (SELECT min(v) FROM by_monetary WHERE score >= k)
+                     FROM generate_series(2, 5) AS k ORDER BY k)
+        ON CONFLICT (id) DO UPDATE SET
+            computed_at = excluded.computed_at, buyers = excluded.buyers,
+            recency_after = excluded.recency_after, frequency_min = excluded.frequency_min,
+            monetary_min = excluded.monetary_min
     )
     SELECT (SELECT count(*) FROM inserted) AS inserted,
            (SELECT count(*) FROM updated) AS updated,
            (SELECT count(*) FROM deleted) AS deleted
+    """
+)
+
+# Changed customers scored against the last full computation's boundaries, from their
+# figures as the fold just stored them; those without a placed order any more lose their
+# row. Returns the customers whose row changed. Nothing before the first full computation.
+_CHANGED = text(
+    """
+    WITH bounds AS (SELECT * FROM rfm_boundaries WHERE id = 1),
+    scored AS (
+        SELECT p.customer_id, p.last_order_at, p.orders AS frequency, p.revenue AS monetary,
+               (1 + (SELECT count(*) FROM unnest(b.recency_after) AS t(v)
+                     WHERE p.last_order_at > t.v))::smallint AS recency_score,
+               (1 + (SELECT count(*) FROM unnest(b.frequency_min) AS t(v)
+                     WHERE p.orders >= t.v))::smallint AS frequency_score,
+               (1 + (SELECT count(*) FROM unnest(b.monetary_min) AS t(v)
+                     WHERE p.revenue >= t.v))::smallint AS monetary_score
+        FROM customer_kpi_parts p CROSS JOIN bounds b
+        WHERE p.customer_id = ANY(:ids) AND p.orders > 0
+    ),
+    written AS (
+        INSERT INTO customer_rfm AS r (customer_id, last_order_at, frequency, monetary,
+                                       recency_score, frequency_score, monetary_score,
+                                       changed_at)
+        SELECT customer_id, last_order_at, frequency, monetary,
+               recency_score, frequency_score, monetary_score, clock_timestamp()
+        FROM scored ORDER BY customer_id
+        ON CONFLICT (customer_id) DO UPDATE SET
+            last_order_at = excluded.last_order_at, frequency = excluded.frequency,
+            monetary = excluded.monetary, recency_score = excluded.recency_score,
+            frequency_score = excluded.frequency_score,
+            monetary_score = excluded.monetary_score, changed_at = excluded.changed_at
+        WHERE (r.last_order_at, r.frequency, r.monetary,
+               r.recency_score, r.frequency_score, r.monetary_score)
+              IS DISTINCT FROM
+              (excluded.last_order_at, excluded.frequency, excluded.monetary,
+               excluded.recency_score, excluded.frequency_score, excluded.monetary_score)
+        RETURNING customer_id
+    ),
+    removed AS (
+        DELETE FROM customer_rfm r
+        WHERE r.customer_id = ANY(:ids)
+          AND EXISTS (SELECT 1 FROM bounds)
+          AND NOT EXISTS (SELECT 1 FROM scored s WHERE s.customer_id = r.customer_id)
+        RETURNING customer_id
+    )
+    SELECT ARRAY(SELECT customer_id FROM written UNION SELECT customer_id FROM removed) AS ids
     """
 )
 
@@ -139,70 +178,18 @@ class RfmChanges:
 
 
 async def recompute_rfm(conn: AsyncConnection) -> RfmChanges:
-    """Score every customer with a placed order; in the caller's transaction."""
+    """Score every customer with a placed order, and keep the boundaries; in the caller's
+    transaction (READ COMMITTED: a row the fold rescored meanwhile is re-checked, and
+    kept)."""
     for setting in _SETTINGS:
         await conn.execute(text(setting))
-    row = (await conn.execute(_RECOMPUTE)).one()
+    row = (await conn.execute(_FULL)).one()
     return RfmChanges(int(row.inserted), int(row.updated), int(row.deleted))
 
 
-class RfmRecomputer:
-    """Runs until stopped: recomputes RFM when the job is due, on one replica at a time."""
-
-    def __init__(self, engine: AsyncEngine, worker: str, *, period: float) -> None:
-        self.engine = engine
-        self.worker = worker
-        self.period = period
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._job_exists = False
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()
-            try:
-                if not self._job_exists:
-                    await ensure_job(self.engine, JOB)
-                    self._job_exists = True
-                if await claim_job(
-                    self.engine, JOB, self.worker, period=self.period, lease=LEASE_SECONDS
-                ):
-                    await self._recompute()
-                    continue
-                seconds = await seconds_until_due(self.engine, JOB, period=self.period)
-                delay = IDLE_POLL_SECONDS if seconds is None else seconds
-            except Exception:
-                log.exception("RFM loop failed; retrying")
-                delay = IDLE_POLL_SECONDS
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(IDLE_POLL_SECONDS, max(0.01, delay)))
-
-    async def _recompute(self) -> None:
-        started = time.perf_counter()
-        try:
-            async with self.engine.begin() as conn:
-                changes = await recompute_rfm(conn)
-                await finish_job(conn, JOB, self.worker)
-        except Exception:
-            log.exception("RFM recomputation failed; retrying later")
-            await fail_job(self.engine, JOB, self.worker, retry=RETRY_SECONDS)
-            return
-        elapsed = time.perf_counter() - started
-        RECOMPUTE_SECONDS.observe(elapsed)
-        RECOMPUTED.inc()
-        log.info(
-            "RFM recomputed",
-            extra={
-                "seconds": round(elapsed, 3),
-                "inserted": changes.inserted,
-                "updated": changes.updated,
-                "deleted": changes.deleted,
-            },
-        )
+async def score_changed(conn: AsyncConnection, customer_ids: list[int]) -> list[int]:
+    """Score these customers against the current boundaries; those whose scores moved."""
+    if not customer_ids:
+        return []
+    row = (await conn.execute(_CHANGED, {"ids": customer_ids})).one()
+    return list(row.ids)

@@ -3,12 +3,15 @@ from segments_shared.config import ServiceSettings
 
 class MetricsWorkerSettings(ServiceSettings):
     metrics_worker_port: int = 8002
-    # A segment's KPIs are recomputed once its changes have paused this long...
+    # Changes are folded into the KPIs this long after the first one not yet folded (a burst
+    # folds into one fold; a steady stream is folded this often).
     metrics_debounce_seconds: float = 0.1
-    # ...or, during a steady stream of changes, this long after the first one not folded in.
-    metrics_max_delay_seconds: float = 2.0
-    metrics_concurrency: int = 2
-    # RFM scores are recomputed this long after the first order change since the last run...
+    # Every segment is checked against a recomputation from the orders this often.
+    metrics_check_period_seconds: float = 86400.0
+    # After a bulk load, everyone's RFM scores and the boundaries are computed again once
+    # order changes pause this long...
     rfm_debounce_seconds: float = 5.0
+    # ...and at the latest this long after the first of them.
+    rfm_max_delay_seconds: float = 60.0
     # ...and at least this often, since recency grows as days pass.
     rfm_period_seconds: float = 86400.0
