@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import random
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -26,6 +25,7 @@ from prometheus_client import Histogram
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from segments_shared.backoff import Backoff, BackoffPolicy
 from sync_worker.connectors.base import Capabilities, RateWindow
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,8 @@ class VendorLimiter:
                     await self._release(slot)
 
     async def _acquire(self, key: int, slots: int) -> Slot:
-        delay = self.poll_seconds
+        # Polling other replicas' slots: the suite's back-off, from `poll_seconds` to 0.2 s.
+        waits = Backoff(BackoffPolicy(self.poll_seconds, 0.2))
         while True:
             async with self._statements:
                 conn = await self._connection()
@@ -218,8 +219,7 @@ class VendorLimiter:
             # replicas (poll, with jitter).
             self._freed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._freed.wait(), random.uniform(0.5, 1.0) * delay)
-            delay = min(delay * 2, 0.2)
+                await asyncio.wait_for(self._freed.wait(), waits.next_delay())
 
     async def _release(self, slot: Slot) -> None:
         async with self._statements:

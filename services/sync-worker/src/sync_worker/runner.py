@@ -1,16 +1,28 @@
-"""Claiming sync runs and carrying them out, a few at a time, each under a renewed lease."""
+"""Sync runs as jobs of the job engine (segments_shared/jobs): claimed a few at a time with
+their segment and destination held, carried out under a lease the runner renews (so a run
+outlasts the broker's consumer timeout, and a worker that dies leaves its run to another),
+and ended by what happened:
 
-import asyncio
-import contextlib
+- finished (succeeded, partial, failed): the run's own row says so; the job goes;
+- deferred (a promotion whose production store is syncing): given back for later, not an
+  attempt;
+- interrupted by a stop (SIGTERM): given back at a batch boundary, not an attempt;
+- its lease lost, or the run deleted with its segment or destination: nothing more;
+- an unexpected error: retried after a back-off, the error kept on the job, and counted:
+  after `runs.MAX_ATTEMPTS` claims the run fails.
+"""
+
 import logging
 import uuid
-from functools import partial
 
 import httpx
 from prometheus_client import Counter, Gauge
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from segments_shared.backoff import BackoffPolicy
 from segments_shared.db.types import AnyRow
+from segments_shared.jobs.runner import JobKind, JobRunner, Lease, LeaseLost, Release
+from segments_shared.jobs.store import Claim
 from segments_shared.observability import correlation_id_var
 from segments_shared.secrets import SecretBox
 from sync_worker import runs
@@ -25,7 +37,11 @@ RUNS_ACTIVE = Gauge("segments_sync_runs_active", "Sync runs this worker is carry
 RUNS_ENDED = Counter("segments_sync_runs_handled", "Sync runs handled, by outcome", ["outcome"])
 
 
-class SyncRunner:
+class SyncRuns(JobKind):
+    queue = runs.QUEUE
+    claim_filter = runs.CLAIM_FILTER
+    retry_policy = BackoffPolicy(base=1.0, cap=30.0)
+
     def __init__(
         self,
         engine: AsyncEngine,
@@ -34,9 +50,10 @@ class SyncRunner:
         worker: str,
     ) -> None:
         self.engine = engine
-        self.settings = settings
         self.secret_box = secret_box
         self.worker = worker
+        self.lease_seconds = settings.sync_lease_seconds
+        self.concurrency = settings.sync_concurrency
         self.policy = RetryPolicy(
             attempts=settings.sync_retry_attempts,
             base_seconds=settings.sync_retry_base_seconds,
@@ -44,69 +61,33 @@ class SyncRunner:
         )
         self.limiter = VendorLimiter(engine)
         self.timeout = httpx.Timeout(settings.sync_request_timeout_seconds, connect=10.0)
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._active: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self._lost: set[uuid.UUID] = set()
 
-    @property
-    def active_runs(self) -> int:
-        return len(self._active)
+    async def claimed(self, conn: AsyncConnection, jobs: list[Claim]) -> None:
+        await runs.mark_running(conn, jobs)
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()
-            try:
-                await self._claim_runs()
-            except Exception:
-                log.exception("claiming sync runs failed; retrying")
-            # Poll too: an expired lease is not announced by any event.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 2.0)
-        if self._active:
-            await asyncio.wait(list(self._active.values()), timeout=20)
-        await self.limiter.aclose()
-
-    async def _claim_runs(self) -> None:
-        while len(self._active) < self.settings.sync_concurrency and not self._stopping.is_set():
-            run = await runs.claim_next_run(
-                self.engine, self.worker, self.settings.sync_lease_seconds, self._active
-            )
-            if run is None:
-                return
-            if run.id in self._active:
-                # Our own run, whose lease ran out before a renewal got through: the claim
-                # renewed it (without counting an attempt); the run carries on where it is.
-                continue
-            task = asyncio.create_task(self._carry_out(run), name=f"sync-{run.id}")
-            self._active[run.id] = task
-            task.add_done_callback(partial(self._done, run.id))
-
-    def _done(self, run_id: uuid.UUID, _task: asyncio.Task[None]) -> None:
-        self._active.pop(run_id, None)
-        self._lost.discard(run_id)
-        self._wake.set()
-
-    async def _carry_out(self, run: AnyRow) -> None:
+    async def work(self, job: Claim, lease: Lease) -> None:
+        async with self.engine.connect() as conn:
+            run = await runs.load_run(conn, uuid.UUID(job.key))
+        if run is None:
+            return  # deleted with its segment or destination since the claim
         token = correlation_id_var.set(run.correlation_id)
         RUNS_ACTIVE.inc()
-        done = asyncio.Event()
-        renewer = asyncio.create_task(self._renew(run.id, done))
         execution = Execution(
             engine=self.engine,
             run=run,
+            job=job,
             worker=self.worker,
-            lease=self.settings.sync_lease_seconds,
-            should_stop=lambda: self._stopping.is_set() or run.id in self._lost,
+            should_stop=lambda: self.stopping() or lease.lost,
         )
-        log.info("sync run started", extra={"sync_id": str(run.id), "attempt": run.attempts})
+        log.info("sync run started", extra={"sync_id": str(run.id), "attempt": job.attempts})
+        try:
+            await self._carry_out(execution, lease)
+        finally:
+            RUNS_ACTIVE.dec()
+            correlation_id_var.reset(token)
+
+    async def _carry_out(self, execution: Execution, lease: Lease) -> None:
+        run = execution.run
         try:
             await execute_run(execution, self.secret_box, self.timeout, self.policy, self.limiter)
             RUNS_ENDED.labels("finished").inc()
@@ -115,39 +96,25 @@ class SyncRunner:
         except Deferred as exc:
             RUNS_ENDED.labels("deferred").inc()
             log.info("sync run deferred", extra={"sync_id": str(run.id), "reason": str(exc)})
-            await runs.defer_run(self.engine, run.id, self.worker, DEFER_SECONDS)
-        except (Interrupted, runs.LeaseLost) as exc:
+            raise Release(str(exc), delay=DEFER_SECONDS) from exc
+        except (Interrupted, LeaseLost) as exc:
             # A renewal that found no row stops the run too: deleted, not handed over.
             if (cause := await self._deleted_with(run)) is not None:
                 self._ended_deleted(run, cause)
-            else:
-                await self._hand_over(run, exc)
+                return
+            RUNS_ENDED.labels("handed_over").inc()
+            if lease.lost or isinstance(exc, LeaseLost):
+                raise LeaseLost(str(run.id)) from exc
+            # Stopping (SIGTERM) is a graceful hand-over, which does not count as an attempt.
+            log.info("sync run handed over", extra={"sync_id": str(run.id)})
+            raise Release("the worker is stopping") from exc
         except Exception as exc:
             if (cause := await self._deleted_with(run)) is not None:
                 # A write that met the deletion some way `hold_target` does not foresee.
                 self._ended_deleted(run, cause, error=exc)
-            else:
-                # Unexpected: leave the run to be resumed when its lease expires.
-                RUNS_ENDED.labels("error").inc()
-                log.exception(
-                    "sync run crashed; it resumes when its lease expires",
-                    extra={"sync_id": str(run.id)},
-                )
-        finally:
-            # Stopped, not cancelled: a renewal cut off mid-transaction would strand its
-            # database connection.
-            done.set()
-            await renewer
-            RUNS_ACTIVE.dec()
-            correlation_id_var.reset(token)
-
-    async def _hand_over(self, run: AnyRow, exc: Exception) -> None:
-        RUNS_ENDED.labels("handed_over").inc()
-        # Stopping (SIGTERM) is a graceful hand-over, which does not count as an attempt; a
-        # lease lost to another worker was counted by its claim.
-        graceful = isinstance(exc, Interrupted) and run.id not in self._lost
-        log.info("sync run handed over", extra={"sync_id": str(run.id), "graceful": graceful})
-        await runs.release_lease(self.engine, run.id, self.worker, graceful=graceful)
+                return
+            RUNS_ENDED.labels("error").inc()
+            raise  # retried after a back-off, the error kept on the job
 
     async def _deleted_with(self, run: AnyRow) -> str | None:
         """What the run was deleted with, if it was; None if it is there or we cannot tell
@@ -161,28 +128,21 @@ class SyncRunner:
 
     @staticmethod
     def _ended_deleted(run: AnyRow, cause: str, error: BaseException | None = None) -> None:
-        """The run went with its destination or segment (the foreign keys cascade): nobody
-        resumes or finishes it, and there is nothing to hand back."""
+        """The run went with its destination or segment (the foreign keys cascade, the job
+        with it): nobody resumes or finishes it, and there is nothing to hand back."""
         RUNS_ENDED.labels("deleted").inc()
         extra: dict[str, str] = {"sync_id": str(run.id), "deleted_with": cause}
         if error is not None:
             extra["error"] = repr(error)
         log.info("sync run ended: its %s was deleted", cause, extra=extra)
 
-    async def _renew(self, run_id: uuid.UUID, done: asyncio.Event) -> None:
-        interval = self.settings.sync_lease_seconds / 3
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), interval)
-            if done.is_set():
-                return
-            try:
-                held = await runs.renew_lease(
-                    self.engine, run_id, self.worker, self.settings.sync_lease_seconds
-                )
-            except Exception:
-                log.warning("lease renewal failed", exc_info=True)
-                continue
-            if not held:
-                self._lost.add(run_id)
-                return
+    async def aclose(self) -> None:
+        await self.limiter.aclose()
+
+
+def sync_runner(
+    engine: AsyncEngine, settings: SyncWorkerSettings, secret_box: SecretBox | None, worker: str
+) -> tuple[JobRunner, SyncRuns]:
+    """The runner of sync runs; it polls too: an expired lease is announced by nothing."""
+    kind = SyncRuns(engine, settings, secret_box, worker)
+    return JobRunner(engine, worker, [kind], poll_seconds=2.0, name="sync runs"), kind

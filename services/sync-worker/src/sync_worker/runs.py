@@ -1,21 +1,20 @@
-"""Sync runs in the database: claimed with a lease the worker renews while it works, so a
-run outlives the broker's consumer timeout and a dead worker's run is resumed by another."""
+"""Sync runs in the database. Each is a job of the job engine: claimed with a lease the
+worker renews while it works, so a run outlives the broker's consumer timeout and a dead
+worker's run is resumed by another; every write of a run holds only for the claim that
+holds it (its generation)."""
 
 import json
 import uuid
-from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import TextClause, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segments_shared.db.types import AnyRow
+from segments_shared.jobs.runner import LeaseLost
+from segments_shared.jobs.store import Claim, ClaimFilter
 
 MAX_ATTEMPTS = 10
-
-
-class LeaseLost(Exception):
-    """Another worker took the run over (our lease expired)."""
 
 
 class RunDeleted(Exception):
@@ -88,116 +87,82 @@ async def hold_target(conn: AsyncConnection, run: AnyRow) -> None:
         raise RunDeleted(run.id, cause)
 
 
-_CLAIM = text(
+# A run is a job of the engine (segments_shared/jobs), queue `sync_run`, keyed by its id. It is
+# claimed with its segment and destination(s) held (KEY SHARE), or skipped while one is being
+# deleted (a deletion holds it FOR UPDATE). Otherwise a deletion could lock the segment after
+# the claim's lock on the job, and the two deadlock: its cascade waits for the job, the
+# claim's next update for its cascade.
+QUEUE = "sync_run"
+CLAIM_FILTER = ClaimFilter(
+    join=(
+        "JOIN sync_runs r ON r.id = j.sync_run_id "
+        "JOIN segments s ON s.id = r.segment_id "
+        "JOIN destinations d ON d.id = r.destination_id"
+    ),
+    where=(
+        "r.status IN ('queued', 'running') AND (r.source_destination_id IS NULL OR EXISTS ("
+        "SELECT 1 FROM destinations source WHERE source.id = r.source_destination_id "
+        "FOR KEY SHARE SKIP LOCKED))"
+    ),
+    locks="FOR KEY SHARE OF r, s, d SKIP LOCKED",
+)
+_RUNNING = text(
     """
-    UPDATE sync_runs r
-    SET status = 'running', lease_owner = :worker,
-        lease_expires_at = now() + make_interval(secs => :lease),
-        started_at = coalesce(r.started_at, now()),
-        -- A worker taking back, under its own lease, a run it is still carrying out (its
-        -- renewal came late) is not a new attempt.
-        attempts = r.attempts + CASE WHEN r.id = ANY(:ours) THEN 0 ELSE 1 END
-    WHERE r.id = (
-        SELECT run.id FROM sync_runs run
-        JOIN segments s ON s.id = run.segment_id
-        JOIN destinations d ON d.id = run.destination_id
-        WHERE (run.status = 'queued'
-               OR (run.status = 'running' AND run.lease_expires_at < now()))
-          -- One of ours that another worker took over is claimed (and counted) only once
-          -- our task, which lost it, has ended.
-          AND NOT (run.id = ANY(:ours) AND run.lease_owner IS DISTINCT FROM :worker)
-          AND (run.source_destination_id IS NULL OR EXISTS (
-                SELECT 1 FROM destinations source WHERE source.id = run.source_destination_id
-                FOR KEY SHARE SKIP LOCKED))
-        ORDER BY run.requested_at
-        LIMIT 1
-        -- The segment and destination(s) are held (KEY SHARE) with the run, or the run is
-        -- skipped while one is being deleted (a deletion holds it FOR UPDATE). Otherwise a
-        -- deletion could lock the segment after this lock on the run, and the two deadlock:
-        -- its cascade waits for the run, this claim's next update for its cascade.
-        FOR UPDATE OF run SKIP LOCKED
-        FOR KEY SHARE OF s, d SKIP LOCKED
+    WITH started AS (
+        UPDATE sync_runs r
+        SET status = 'running', started_at = coalesce(r.started_at, now()),
+            attempts = c.attempts
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS c(id, attempts)
+        WHERE r.id = c.id
+        RETURNING r.id, r.segment_id, r.destination_id
     )
-    RETURNING r.*
+    UPDATE destination_segments ds SET state = 'syncing', last_run_id = started.id
+    FROM started
+    WHERE ds.segment_id = started.segment_id AND ds.destination_id = started.destination_id
     """
 )
-_DELIVERY_SYNCING = text(
-    "UPDATE destination_segments SET state = 'syncing', last_run_id = :run_id "
-    "WHERE segment_id = :segment_id AND destination_id = :destination_id"
-)
+_HELD = """
+    EXISTS (SELECT 1 FROM jobs WHERE queue = 'sync_run' AND key = :key
+            AND generation = :generation AND lease_owner = :worker)
+"""
 
 
-async def claim_next_run(
-    engine: AsyncEngine, worker: str, lease: float, ours: Collection[uuid.UUID] = ()
-) -> AnyRow | None:
-    """Claim the oldest queued run, or one whose lease expired. Each claim counts as an
-    attempt (a crash is a failed delivery), except taking back a run of `ours` (the runs
-    this worker is carrying out) whose lease is still this worker's."""
-    async with engine.begin() as conn:
-        params = {"worker": worker, "lease": lease, "ours": list(ours)}
-        run = (await conn.execute(_CLAIM, params)).first()
-        if run is not None:
-            await conn.execute(
-                _DELIVERY_SYNCING,
-                {
-                    "run_id": run.id,
-                    "segment_id": run.segment_id,
-                    "destination_id": run.destination_id,
-                },
-            )
-        return run
+async def mark_running(conn: AsyncConnection, jobs: list[Claim]) -> None:
+    """In the claim's transaction: the runs show `running` (and their attempts), their
+    segments `syncing`."""
+    await conn.execute(
+        _RUNNING,
+        {"ids": [uuid.UUID(job.key) for job in jobs], "attempts": [job.attempts for job in jobs]},
+    )
 
 
-async def renew_lease(engine: AsyncEngine, run_id: uuid.UUID, worker: str, lease: float) -> bool:
-    async with engine.begin() as conn:
-        result = await conn.execute(
-            text(
-                "UPDATE sync_runs SET lease_expires_at = now() + make_interval(secs => :lease) "
-                "WHERE id = :id AND lease_owner = :worker AND status = 'running'"
-            ),
-            {"id": run_id, "worker": worker, "lease": lease},
-        )
-        return bool(result.rowcount)
-
-
-async def release_lease(
-    engine: AsyncEngine, run_id: uuid.UUID, worker: str, *, graceful: bool
-) -> None:
-    """Hand the run back at once: another worker resumes it. A graceful hand-over (the
-    worker stopping) is not a failed attempt (SPEC: worker restarts must not count), so
-    its claim is taken back; a run whose lease expired (a crash) keeps the count."""
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "UPDATE sync_runs SET lease_expires_at = now() - interval '1 second', "
-                "attempts = CASE WHEN :graceful THEN greatest(attempts - 1, 0) "
-                "ELSE attempts END "
-                "WHERE id = :id AND lease_owner = :worker AND status = 'running'"
-            ),
-            {"id": run_id, "worker": worker, "graceful": graceful},
-        )
+async def load_run(conn: AsyncConnection, run_id: uuid.UUID) -> AnyRow | None:
+    return (
+        await conn.execute(text("SELECT * FROM sync_runs WHERE id = :id"), {"id": run_id})
+    ).first()
 
 
 async def save_progress(
     conn: AsyncConnection,
     run_id: uuid.UUID,
+    job: Claim,
     worker: str,
-    lease: float,
     stats: dict[str, int],
     checkpoint: dict[str, Any],
 ) -> None:
-    """Checkpoint in the caller's transaction, which also records what the batch changed."""
+    """Checkpoint in the caller's transaction, which also records what the batch changed;
+    only while the run's job is still this claim's (LeaseLost otherwise)."""
     result = await conn.execute(
         text(
             "UPDATE sync_runs SET stats = CAST(:stats AS jsonb), "
-            "checkpoint = CAST(:checkpoint AS jsonb), "
-            "lease_expires_at = now() + make_interval(secs => :lease) "
-            "WHERE id = :id AND lease_owner = :worker AND status = 'running'"
+            "checkpoint = CAST(:checkpoint AS jsonb) "
+            f"WHERE id = :id AND status = 'running' AND {_HELD}"
         ),
         {
             "id": run_id,
+            "key": job.key,
+            "generation": job.generation,
             "worker": worker,
-            "lease": lease,
             "stats": json.dumps(stats),
             "checkpoint": json.dumps(checkpoint),
         },
@@ -239,6 +204,7 @@ async def record_failures(
 async def finish_run(
     conn: AsyncConnection,
     run: AnyRow,
+    job: Claim,
     worker: str,
     *,
     status: str,
@@ -248,12 +214,13 @@ async def finish_run(
     result = await conn.execute(
         text(
             "UPDATE sync_runs SET status = :status, finished_at = now(), "
-            "stats = CAST(:stats AS jsonb), error = :error, lease_owner = NULL, "
-            "lease_expires_at = NULL "
-            "WHERE id = :id AND lease_owner = :worker AND status = 'running'"
+            "stats = CAST(:stats AS jsonb), error = :error "
+            f"WHERE id = :id AND status = 'running' AND {_HELD}"
         ),
         {
             "id": run.id,
+            "key": job.key,
+            "generation": job.generation,
             "worker": worker,
             "status": status,
             "stats": json.dumps(stats),
@@ -319,19 +286,6 @@ async def promotion_source(conn: AsyncConnection, run: AnyRow) -> AnyRow | None:
     )
     params = {"segment_id": run.segment_id, "source_id": run.source_destination_id}
     return (await conn.execute(statement, params)).first()
-
-
-async def defer_run(engine: AsyncEngine, run_id: uuid.UUID, worker: str, seconds: float) -> None:
-    """Hand the run back to be claimed again in `seconds`, without counting the attempt."""
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "UPDATE sync_runs SET lease_owner = NULL, attempts = greatest(attempts - 1, 0), "
-                "lease_expires_at = now() + make_interval(secs => :seconds) "
-                "WHERE id = :id AND lease_owner = :worker AND status = 'running'"
-            ),
-            {"id": run_id, "worker": worker, "seconds": seconds},
-        )
 
 
 async def remember_remote(

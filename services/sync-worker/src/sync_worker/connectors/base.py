@@ -1,4 +1,5 @@
-"""The one interface every destination connector implements (STYLE rule 11).
+"""The one interface every destination connector implements
+(docs/vendors.md#common-to-every-vendor).
 
 A connector finds or creates the remote segment, and adds and removes members in batches of
 its vendor's size. Limits live in a small capability record that the shared limiter and
@@ -7,7 +8,7 @@ retry policy enforce; connectors only speak their vendor's protocol.
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,19 @@ class BatchResult:
 
 
 @dataclass
+class ConnectorState:
+    """Connector state that must survive a restart (checkpointed with every round)."""
+
+    # The number of the webhook's last batch sent.
+    webhook_batch: int = 0
+
+
+@dataclass
 class RunContext:
     sync_id: str
     segment_id: str
     segment_name: str
-    # Connector state that must survive a restart (checkpointed with every round).
-    checkpoint: dict[str, Any] = field(default_factory=dict)
+    state: ConnectorState = field(default_factory=ConnectorState)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""HCL Commerce admin REST v2 (DESTINATIONS.md): a segment is a member group with usage
-`CustomerSegment` in the configured store; its members are memberships with `exclude` "0",
-one call per member, addressed by the store's member id (our customer's `external_id`).
+"""HCL Commerce admin REST v2 (docs/vendors.md#commerce-hcl-commerce): a segment is a member
+group with usage `CustomerSegment` in the configured store; its members are memberships with
+`exclude` "0", one call per member, addressed by the store's member id (our customer's
+`external_id`).
 
 The export rules of IBM Digital Analytics: with `naming: match_name` the group of the same
 name is updated (`export_mode: append` only adds, `replace` leaves exactly the current
@@ -13,8 +14,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from segments_shared.destinations import CommerceConfig
 from sync_worker.connectors.base import (
     Answered,
@@ -22,11 +21,11 @@ from sync_worker.connectors.base import (
     BatchResult,
     Capabilities,
     ConnectorError,
-    CreatedMeanwhile,
     RemoteSegment,
     SyncMember,
 )
 from sync_worker.connectors.http import VendorHttp
+from sync_worker.connectors.vendor import Recheck, VendorConnector
 
 CAPABILITIES = Capabilities(
     batch_size=100, concurrency=8, member_key="external_id", reachable_only=False
@@ -34,17 +33,6 @@ CAPABILITIES = Capabilities(
 USAGE = "CustomerSegment"
 PAGE = 1000
 EXCLUDED = 'the store excludes this member from the segment explicitly (exclude "1")'
-
-
-def error_text(response: httpx.Response) -> str:
-    try:
-        errors = response.json().get("errors") or []
-        messages = "; ".join(
-            f"{e.get('errorKey')}: {e.get('errorMessage')}" for e in errors if isinstance(e, dict)
-        )
-    except (ValueError, AttributeError):
-        messages = ""
-    return f"HTTP {response.status_code}: {messages or response.text[:200]}"
 
 
 def _leaves(error: BaseException) -> Iterator[BaseException]:
@@ -69,64 +57,41 @@ def timestamped_name(report_name: str, segment_name: str, now: datetime) -> str:
     return f"{report_name} - {segment_name} - {now:%Y-%m-%d} - {now:%H%M%S}"
 
 
-class CommerceConnector:
+class CommerceConnector(VendorConnector[CommerceConfig]):
     capabilities = CAPABILITIES
+    vendor = "the store"
+    segment_noun = "member group"
 
     def __init__(self, config: CommerceConfig, http: VendorHttp) -> None:
-        self.http = http
-        self.store_id = config.store_id
-        self.report_name = config.report_name
+        super().__init__(config, http)
         self.creates_new_segments = config.naming == "timestamped"
         self.removes_members = config.export_mode == "replace"
 
+    @staticmethod
+    def error_entry(error: dict[str, Any]) -> str:
+        return f"{error.get('errorKey')}: {error.get('errorMessage')}"
+
     def remote_name(self, segment_name: str) -> str:
         if self.creates_new_segments:
-            return timestamped_name(self.report_name, segment_name, datetime.now(UTC))
+            return timestamped_name(self.config.report_name, segment_name, datetime.now(UTC))
         return segment_name
 
-    async def find_or_create_segment(self, name: str, remembered_id: str | None) -> RemoteSegment:
-        if remembered_id is not None:
-            path = f"/member-groups/{quote(remembered_id, safe='')}"
-            response = await self.http.request("GET", path, describe="read the remembered group")
-            if response.status_code == 200:
-                if response.json().get("name") != name:
-                    renamed = await self.http.request(
-                        "PATCH", path, json_body={"name": name}, describe="rename the group"
-                    )
-                    self._require(renamed, f"renaming member group {remembered_id} to {name!r}")
-                return RemoteSegment(remembered_id, name, "remembered")
-            if response.status_code != 404:
-                self._require(response, "reading the remembered member group")
-        found = await self._find(name)
-        if found is not None:
-            return RemoteSegment(found, name, "name")
-        try:
-            response = await self.http.request(
-                "POST",
-                "/member-groups",
-                params={"storeId": self.store_id},
-                json_body={
-                    "name": name,
-                    "storeId": self.store_id,
-                    "usage": [USAGE],
-                    "description": "Customer segment exported by Segments",
-                },
-                describe="create the member group",
-                recheck=lambda: self._find(name),
-            )
-        except CreatedMeanwhile as created:
-            # A timestamped name is this run's own; another is reconciled and checked not to
-            # be another segment's, as any group found by name.
-            if self.creates_new_segments:
-                return RemoteSegment(created.remote_id, name, "created")
-            return RemoteSegment(created.remote_id, name, "name")
-        if response.status_code in (200, 201):
-            return RemoteSegment(str(response.json()["id"]), name, "created")
-        found = await self._find(name)  # a create that timed out may have happened
-        if found is not None:
-            return RemoteSegment(found, name, "name")
-        raise ConnectorError(
-            f"the store did not create member group {name!r}: {error_text(response)}"
+    def segment_path(self, segment_id: str) -> str:
+        return f"/member-groups/{quote(segment_id, safe='')}"
+
+    async def create_segment(self, name: str, recheck: Recheck) -> str:
+        store_id = self.config.store_id
+        return await self.post_create(
+            "/member-groups",
+            name,
+            recheck,
+            params={"storeId": store_id},
+            body={
+                "name": name,
+                "storeId": store_id,
+                "usage": [USAGE],
+                "description": "Customer segment exported by Segments",
+            },
         )
 
     async def read_members(self, remote: RemoteSegment) -> AsyncIterator[list[str]]:
@@ -138,7 +103,7 @@ class CommerceConnector:
                 params={"memberGroupId": remote.id, "offset": offset, "limit": PAGE},
                 describe="read the group's memberships",
             )
-            self._require(response, "reading the group's memberships")
+            self.require(response, "reading the group's memberships")
             body = response.json()
             items = body.get("items", [])
             included = [str(item["memberId"]) for item in items if item.get("exclude") == "0"]
@@ -185,9 +150,6 @@ class CommerceConnector:
             raise error from failures
         return result
 
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
     def _membership(self, remote: RemoteSegment, member_id: str) -> str:
         member = quote(member_id, safe="")
         return f"/member-group-memberships/memberId:{member},memberGroupId:{remote.id}"
@@ -211,10 +173,10 @@ class CommerceConnector:
             if existing.status_code == 200 and existing.json().get("exclude") == "0":
                 return
             result.failed[member.key] = (
-                EXCLUDED if existing.status_code == 200 else error_text(existing)
+                EXCLUDED if existing.status_code == 200 else self.error_text(existing)
             )
             return
-        result.failed[member.key] = error_text(response)
+        result.failed[member.key] = self.error_text(response)
 
     async def _remove(self, remote: RemoteSegment, member: SyncMember, result: BatchResult) -> None:
         response = await self.http.request(
@@ -222,22 +184,17 @@ class CommerceConnector:
         )
         if response.status_code in (200, 204, 404):
             return  # 404: not a member any more, which is what we want
-        result.failed[member.key] = error_text(response)
+        result.failed[member.key] = self.error_text(response)
 
-    async def _find(self, name: str) -> str | None:
+    async def find_segment(self, name: str) -> str | None:
         response = await self.http.request(
             "GET",
             "/member-groups/by-name-and-usage",
-            params={"storeId": self.store_id, "usage": USAGE, "memberGroupName": name},
+            params={"storeId": self.config.store_id, "usage": USAGE, "memberGroupName": name},
             describe="find the member group by name",
         )
         if response.status_code == 404:
             return None
-        self._require(response, "finding the member group by name")
+        self.require(response, "finding the member group by name")
         items = response.json().get("items", [])
         return str(items[0]["id"]) if items else None
-
-    @staticmethod
-    def _require(response: httpx.Response, doing: str) -> None:
-        if response.status_code != 200:
-            raise ConnectorError(f"the store failed {doing}: {error_text(response)}")

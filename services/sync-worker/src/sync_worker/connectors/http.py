@@ -1,4 +1,4 @@
-"""Sending one vendor request with the shared retry policy (DESTINATIONS.md, general rules).
+"""Sending one vendor request with the shared retry policy (docs/vendors.md#retries-and-backoff).
 
 429, 5xx and timeouts are retried with full-jitter exponential backoff,
 `sleep = random(0, min(cap, base * 2 ** attempt))`, preferring the vendor's own wait
@@ -10,22 +10,22 @@ import asyncio
 import email.utils
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from prometheus_client import Counter
 
+from segments_shared.backoff import BackoffPolicy
 from sync_worker.connectors.base import (
     AuthenticationFailed,
     Capabilities,
     ConnectorError,
     CreatedMeanwhile,
 )
-from sync_worker.limiter import VendorLimiter
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,9 @@ class RetryPolicy:
     cap_seconds: float = 30.0
 
     def backoff(self, attempt: int) -> float:
-        return random.uniform(0, min(self.cap_seconds, self.base_seconds * 2**attempt))
+        """The suite's full-jitter back-off (segments_shared/backoff.py), unless the vendor
+        says how long to wait."""
+        return BackoffPolicy(self.base_seconds, self.cap_seconds).delay(attempt)
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -62,7 +64,7 @@ def vendor_wait(response: httpx.Response) -> float | None:
     """How long the vendor asks us to wait: `Retry-After`, or, on a 429 only, SendGrid's
     reset time. SendGrid sends `X-RateLimit-Reset` on every answer: on a 5xx it says when
     the rate window resets, not when the server will be well again, so a 5xx without
-    `Retry-After` backs off (DESTINATIONS.md, general rules)."""
+    `Retry-After` backs off (docs/vendors.md#retries-and-backoff)."""
     wait = retry_after_seconds(response.headers.get("retry-after"))
     if wait is not None:
         return wait
@@ -77,6 +79,22 @@ def is_retryable(response: httpx.Response) -> bool:
     return response.status_code == 429 or response.status_code >= 500
 
 
+class Limiter(Protocol):
+    """What `VendorHttp` needs of a limiter. The worker's is `sync_worker.limiter.VendorLimiter`
+    (slots and rate windows shared with every replica through PostgreSQL); unit tests pass
+    one kept in memory."""
+
+    def request(
+        self, account: str, capabilities: Capabilities
+    ) -> AbstractAsyncContextManager[None]:
+        """Held while one request is out: waits for a slot and the account's rate windows."""
+        ...
+
+    async def pause(self, account: str, seconds: float) -> None:
+        """The vendor asked to wait: hold the account's requests back this long."""
+        ...
+
+
 class VendorHttp:
     """One destination's way to its vendor for one run: the API root, credentials and
     headers, and every request sent through the shared limiter (slots and rate windows of
@@ -87,7 +105,7 @@ class VendorHttp:
         vendor: str,
         timeout: httpx.Timeout,
         policy: RetryPolicy,
-        limiter: VendorLimiter,
+        limiter: Limiter,
         account: str,
         capabilities: Capabilities,
         *,

@@ -1,9 +1,9 @@
-"""Klaviyo (DESTINATIONS.md, official OpenAPI documents): a segment is a list. Additions are
-bulk profile import jobs of at most 10,000 profiles and 5 MB that also put the profiles on
-the list (polled to their end; their import errors name the rejected profiles); removals
-look the profiles' ids up by email and delete the list relationships, 1,000 at most per
-call. Imports carry no subscription, so a profile's consent stays as Klaviyo has it. Every
-call counts against the account's burst (10/s) and steady (150/min) windows."""
+"""Klaviyo (docs/vendors.md#klaviyo, official OpenAPI documents): a segment is a list.
+Additions are bulk profile import jobs of at most 10,000 profiles and 5 MB that also put the
+profiles on the list (polled to their end; their import errors name the rejected profiles);
+removals look the profiles' ids up by email and delete the list relationships, 1,000 at most
+per call. Imports carry no subscription, so a profile's consent stays as Klaviyo has it.
+Every call counts against the account's burst (10/s) and steady (150/min) windows."""
 
 import json
 import re
@@ -11,21 +11,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from segments_shared.destinations import KlaviyoConfig
 from sync_worker.connectors.base import (
     BatchResult,
     Capabilities,
-    ConnectorError,
-    CreatedMeanwhile,
     RateWindow,
     RemoteSegment,
     SyncMember,
     failed_all,
 )
-from sync_worker.connectors.http import VendorHttp
 from sync_worker.connectors.polling import poll_until
+from sync_worker.connectors.vendor import Recheck, VendorConnector
 
 CAPABILITIES = Capabilities(
     batch_size=10_000,
@@ -41,15 +37,6 @@ JSON_API = "application/vnd.api+json"
 LOOKUP_PAGE = 100
 FINISHED = ("complete", "cancelled", "failed")
 PROFILE_POINTER = re.compile(r"/data/attributes/profiles/data/(\d+)")
-
-
-def error_text(response: httpx.Response) -> str:
-    try:
-        errors = response.json().get("errors") or []
-        details = "; ".join(str(e.get("detail") or e.get("title")) for e in errors if e)
-    except (ValueError, AttributeError):
-        details = ""
-    return f"HTTP {response.status_code}: {details or response.text[:200]}"
 
 
 def quoted(value: str) -> str:
@@ -89,64 +76,44 @@ def profile(member: SyncMember) -> dict[str, Any]:
     return {"type": "profile", "attributes": attributes}
 
 
-class KlaviyoConnector:
+class KlaviyoConnector(VendorConnector[KlaviyoConfig]):
     capabilities = CAPABILITIES
-    creates_new_segments = False
-    removes_members = True
+    vendor = "Klaviyo"
+    segment_noun = "list"
 
-    def __init__(self, config: KlaviyoConfig, http: VendorHttp) -> None:
-        self.http = http
+    @staticmethod
+    def error_entry(error: dict[str, Any]) -> str:
+        return str(error.get("detail") or error.get("title"))
 
-    def remote_name(self, segment_name: str) -> str:
-        return segment_name
+    def segment_path(self, segment_id: str) -> str:
+        return f"/lists/{quote(segment_id, safe='')}"
 
-    async def find_or_create_segment(self, name: str, remembered_id: str | None) -> RemoteSegment:
-        if remembered_id is not None:
-            path = f"/lists/{quote(remembered_id, safe='')}"
-            response = await self.http.request("GET", path, describe="read the remembered list")
-            if response.status_code == 200:
-                if response.json()["data"]["attributes"].get("name") != name:
-                    renamed = await self.http.request(
-                        "PATCH",
-                        path,
-                        json_body={
-                            "data": {
-                                "type": "list",
-                                "id": remembered_id,
-                                "attributes": {"name": name},
-                            }
-                        },
-                        describe="rename the list",
-                    )
-                    self._require(renamed, f"renaming list {remembered_id} to {name!r}")
-                return RemoteSegment(remembered_id, name, "remembered")
-            if response.status_code != 404:
-                self._require(response, "reading the remembered list")
-        found = await self._find(name)
-        if found is not None:
-            return RemoteSegment(found, name, "name")
-        try:
-            response = await self.http.request(
-                "POST",
-                "/lists",
-                json_body={"data": {"type": "list", "attributes": {"name": name}}},
-                describe="create the list",
-                recheck=lambda: self._find(name),
-            )
-        except CreatedMeanwhile as created:
-            # Found by name: reconciled, and checked not to be another segment's.
-            return RemoteSegment(created.remote_id, name, "name")
-        self._require(response, f"creating the list {name!r}", (201,))
-        return RemoteSegment(str(response.json()["data"]["id"]), name, "created")
+    def name_in(self, segment: Any) -> str:
+        return str(segment["data"]["attributes"].get("name") or "")
+
+    def rename_body(self, segment_id: str, name: str) -> Any:
+        return {"data": {"type": "list", "id": segment_id, "attributes": {"name": name}}}
+
+    async def create_segment(self, name: str, recheck: Recheck) -> str:
+        response = await self.http.request(
+            "POST",
+            "/lists",
+            json_body={"data": {"type": "list", "attributes": {"name": name}}},
+            describe="create the list",
+            recheck=recheck,
+        )
+        # Not CreateRefused: a refused create fails the run without another look.
+        self.require(response, f"creating the list {name!r}", (201,))
+        return str(response.json()["data"]["id"])
 
     async def read_members(self, remote: RemoteSegment) -> AsyncIterator[list[str]]:
-        path: str | None = f"/lists/{quote(remote.id, safe='')}/profiles"
+        path: str | None = f"{self.segment_path(remote.id)}/profiles"
         params: dict[str, str | int] | None = {"page[size]": LOOKUP_PAGE}
         while path is not None:
             response = await self.http.request(
                 "GET", path, params=params, describe="read the list's profiles"
             )
-            self._require(response, "reading the list's profiles")
+            self.require(response, "reading the list's profiles")
             body = response.json()
             emails = [
                 str(item["attributes"]["email"]).lower()
@@ -177,10 +144,9 @@ class KlaviyoConnector:
             },
             describe=f"import {len(members)} profiles",
         )
-        if response.status_code == 404:
-            raise ConnectorError(f"Klaviyo list {remote.id} no longer exists")
+        self.require_segment(response, remote)
         if response.status_code != 202:
-            return failed_all(members, error_text(response)).failed
+            return failed_all(members, self.error_text(response)).failed
         job_id = response.json()["data"]["id"]
         job = await self._finish_job(job_id)
         status = job["attributes"].get("status")
@@ -209,18 +175,14 @@ class KlaviyoConnector:
             return BatchResult()  # no such profiles: nothing on the list to remove
         response = await self.http.request(
             "DELETE",
-            f"/lists/{quote(remote.id, safe='')}/relationships/profiles",
+            f"{self.segment_path(remote.id)}/relationships/profiles",
             json_body={"data": [{"type": "profile", "id": each} for each in ids]},
             describe=f"remove {len(ids)} profiles from the list",
         )
-        if response.status_code == 404:
-            raise ConnectorError(f"Klaviyo list {remote.id} no longer exists")
+        self.require_segment(response, remote)
         if response.status_code != 204:
-            return failed_all(members, error_text(response))
+            return failed_all(members, self.error_text(response))
         return BatchResult()
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
 
     async def _profile_ids(self, emails: list[str]) -> list[str]:
         values = ",".join(quoted(email) for email in emails)
@@ -230,7 +192,7 @@ class KlaviyoConnector:
             params={"filter": f"any(email,[{values}])", "page[size]": LOOKUP_PAGE},
             describe="look profiles up by email",
         )
-        self._require(response, "looking profiles up by email")
+        self.require(response, "looking profiles up by email")
         return [str(item["id"]) for item in response.json().get("data", [])]
 
     async def _finish_job(self, job_id: str) -> dict[str, Any]:
@@ -240,7 +202,7 @@ class KlaviyoConnector:
                 f"/profile-bulk-import-jobs/{quote(job_id, safe='')}",
                 describe="poll the import job",
             )
-            self._require(response, f"polling import job {job_id}")
+            self.require(response, f"polling import job {job_id}")
             data: dict[str, Any] = response.json()["data"]
             return data
 
@@ -265,7 +227,7 @@ class KlaviyoConnector:
             response = await self.http.request(
                 "GET", path, params=params, describe="read the import errors"
             )
-            self._require(response, f"reading the errors of import job {job_id}")
+            self.require(response, f"reading the errors of import job {job_id}")
             body = response.json()
             for error in body.get("data", []):
                 attributes = error.get("attributes") or {}
@@ -288,18 +250,13 @@ class KlaviyoConnector:
             return members[int(match.group(1))].key
         return None
 
-    async def _find(self, name: str) -> str | None:
+    async def find_segment(self, name: str) -> str | None:
         response = await self.http.request(
             "GET",
             "/lists",
             params={"filter": f"equals(name,{quoted(name)})"},
             describe="find the list by name",
         )
-        self._require(response, "finding the list by name")
+        self.require(response, "finding the list by name")
         lists = response.json().get("data", [])
         return str(lists[0]["id"]) if lists else None
-
-    @staticmethod
-    def _require(response: httpx.Response, doing: str, ok: tuple[int, ...] = (200,)) -> None:
-        if response.status_code not in ok:
-            raise ConnectorError(f"Klaviyo failed {doing}: {error_text(response)}")

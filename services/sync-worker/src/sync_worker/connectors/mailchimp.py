@@ -1,7 +1,7 @@
-"""Mailchimp Marketing API 3.0 (DESTINATIONS.md): a segment is a static segment (tag) of the
-configured audience. Members join the audience first (batch subscribe with `status_if_new`,
-never `status`: an existing contact's subscription stays as Mailchimp has it), then the
-static segment, at most 500 per array and 10 connections per API key."""
+"""Mailchimp Marketing API 3.0 (docs/vendors.md#mailchimp): a segment is a static segment
+(tag) of the configured audience. Members join the audience first (batch subscribe with
+`status_if_new`, never `status`: an existing contact's subscription stays as Mailchimp has
+it), then the static segment, at most 500 per array and 10 connections per API key."""
 
 import re
 from collections.abc import AsyncIterator
@@ -15,12 +15,12 @@ from sync_worker.connectors.base import (
     BatchResult,
     Capabilities,
     ConnectorError,
-    CreatedMeanwhile,
     RemoteSegment,
     SyncMember,
     failed_all,
 )
 from sync_worker.connectors.http import VendorHttp
+from sync_worker.connectors.vendor import Recheck, VendorConnector
 
 CAPABILITIES = Capabilities(batch_size=500, concurrency=10)
 PAGE = 1000
@@ -29,16 +29,6 @@ NOT_ON_AUDIENCE = "not a member of this audience"
 # Answers list every member they touched (hundreds of kilobytes): when they report no error,
 # there is nothing to read in them.
 NO_ERRORS = re.compile(rb'"error_count"\s*:\s*0\s*[,}]')
-
-
-def error_text(response: httpx.Response) -> str:
-    """Mailchimp answers problem details: `detail` says what is wrong."""
-    try:
-        body = response.json()
-    except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:200]}"
-    detail = body.get("detail") if isinstance(body, dict) else None
-    return f"HTTP {response.status_code}: {detail or response.text[:200]}"
 
 
 def audience_member(member: SyncMember) -> str:
@@ -61,63 +51,43 @@ def batch_subscribe(members: list[SyncMember]) -> bytes:
     return ('{"members":[' + body + '],"update_existing":true}').encode()
 
 
-class MailchimpConnector:
+class MailchimpConnector(VendorConnector[MailchimpConfig]):
     capabilities = CAPABILITIES
-    creates_new_segments = False
-    removes_members = True
+    vendor = "Mailchimp"
+    segment_noun = "static segment"
+    max_name = MAX_NAME
 
     def __init__(self, config: MailchimpConfig, http: VendorHttp) -> None:
-        self.http = http
-        self.list_id = config.list_id
+        super().__init__(config, http)
         self.audience = f"/lists/{quote(config.list_id, safe='')}"
 
-    def remote_name(self, segment_name: str) -> str:
-        return segment_name[:MAX_NAME]
-
-    async def find_or_create_segment(self, name: str, remembered_id: str | None) -> RemoteSegment:
-        if remembered_id is not None:
-            response = await self.http.request(
-                "GET", self._segment(remembered_id), describe="read the remembered segment"
-            )
-            if response.status_code == 200:
-                if response.json().get("name") != name:
-                    await self._rename(remembered_id, name)
-                return RemoteSegment(remembered_id, name, "remembered")
-            self._unless_missing_segment(response, "reading the remembered segment")
-        found = await self._find(name)
-        if found is not None:
-            return RemoteSegment(found, name, "name")
+    def error_text(self, response: httpx.Response) -> str:
+        """Mailchimp answers problem details: `detail` says what is wrong."""
         try:
-            response = await self.http.request(
-                "POST",
-                f"{self.audience}/segments",
-                json_body={"name": name, "static_segment": []},
-                describe="create the static segment",
-                recheck=lambda: self._find(name),
-            )
-        except CreatedMeanwhile as created:
-            # Found by name: reconciled, and checked not to be another segment's.
-            return RemoteSegment(created.remote_id, name, "name")
-        if response.status_code == 200:
-            return RemoteSegment(str(response.json()["id"]), name, "created")
-        # A create that timed out may have happened after all: look again.
-        found = await self._find(name)
-        if found is not None:
-            return RemoteSegment(found, name, "name")
-        raise ConnectorError(
-            f"Mailchimp did not create the segment {name!r}: {error_text(response)}"
-        )
+            body = response.json()
+        except ValueError:
+            return f"HTTP {response.status_code}: {response.text[:200]}"
+        detail = body.get("detail") if isinstance(body, dict) else None
+        return f"HTTP {response.status_code}: {detail or response.text[:200]}"
+
+    def segment_path(self, segment_id: str) -> str:
+        return f"{self.audience}/segments/{quote(segment_id, safe='')}"
+
+    async def create_segment(self, name: str, recheck: Recheck) -> str:
+        body = {"name": name, "static_segment": []}
+        path = f"{self.audience}/segments"
+        return await self.post_create(path, name, recheck, body=body, ok=(200,))
 
     async def read_members(self, remote: RemoteSegment) -> AsyncIterator[list[str]]:
         offset = 0
         while True:
             response = await self.http.request(
                 "GET",
-                f"{self._segment(remote.id)}/members",
+                f"{self.segment_path(remote.id)}/members",
                 params={"count": PAGE, "offset": offset},
                 describe="read the segment's members",
             )
-            self._require(response, "reading the segment's members")
+            self.require(response, "reading the segment's members")
             body = response.json()
             emails = [member["email_address"].lower() for member in body.get("members", [])]
             if emails:
@@ -133,10 +103,9 @@ class MailchimpConnector:
             json_text=batch_subscribe(members),
             describe=f"add {len(members)} contacts to the audience",
         )
-        if response.status_code == 404:
-            raise ConnectorError(f"Mailchimp audience {self.list_id} does not exist")
+        self._require_audience(response)
         if response.status_code != 200:
-            return failed_all(members, error_text(response))
+            return failed_all(members, self.error_text(response))
         failed = {}
         if not NO_ERRORS.search(response.content):
             failed = {
@@ -156,26 +125,20 @@ class MailchimpConnector:
             failed={key: reason for key, reason in failed.items() if NOT_ON_AUDIENCE not in reason}
         )
 
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-    def _segment(self, segment_id: str) -> str:
-        return f"{self.audience}/segments/{quote(segment_id, safe='')}"
+    def _require_audience(self, response: httpx.Response) -> None:
+        if response.status_code == 404:
+            raise ConnectorError(f"Mailchimp audience {self.config.list_id} does not exist")
 
     async def _change(self, remote: RemoteSegment, field: str, emails: list[str]) -> dict[str, str]:
         response = await self.http.request(
             "POST",
-            self._segment(remote.id),
+            self.segment_path(remote.id),
             json_body={field: emails},
             describe=f"{field} ({len(emails)})",
         )
-        if response.status_code == 404:
-            raise ConnectorError(
-                f"Mailchimp static segment {remote.id} no longer exists; the next sync "
-                "finds or creates it again"
-            )
+        self.require_segment(response, remote)
         if response.status_code != 200:
-            reason = error_text(response)
+            reason = self.error_text(response)
             return {email: reason for email in emails}
         failed: dict[str, str] = {}
         if NO_ERRORS.search(response.content):
@@ -185,7 +148,7 @@ class MailchimpConnector:
                 failed[email.lower()] = error.get("error", "rejected")
         return failed
 
-    async def _find(self, name: str) -> str | None:
+    async def find_segment(self, name: str) -> str | None:
         offset = 0
         while True:
             response = await self.http.request(
@@ -194,9 +157,8 @@ class MailchimpConnector:
                 params={"type": "static", "count": PAGE, "offset": offset},
                 describe="list the static segments",
             )
-            if response.status_code == 404:
-                raise ConnectorError(f"Mailchimp audience {self.list_id} does not exist")
-            self._require(response, "listing the static segments")
+            self._require_audience(response)
+            self.require(response, "listing the static segments")
             body = response.json()
             for segment in body.get("segments", []):
                 if segment.get("name") == name:
@@ -204,19 +166,3 @@ class MailchimpConnector:
             offset += PAGE
             if offset >= int(body.get("total_items", 0)):
                 return None
-
-    async def _rename(self, segment_id: str, name: str) -> None:
-        response = await self.http.request(
-            "PATCH", self._segment(segment_id), json_body={"name": name}, describe="rename"
-        )
-        self._require(response, f"renaming segment {segment_id} to {name!r}")
-
-    @staticmethod
-    def _require(response: httpx.Response, doing: str) -> None:
-        if response.status_code != 200:
-            raise ConnectorError(f"Mailchimp failed {doing}: {error_text(response)}")
-
-    def _unless_missing_segment(self, response: httpx.Response, doing: str) -> None:
-        if response.status_code == 404:
-            return  # deleted at Mailchimp: find it by name or create it again
-        self._require(response, doing)

@@ -1,4 +1,4 @@
-"""A signed JSON webhook (SPEC section 6, DESTINATIONS.md): batches of at most 1,000 members,
+"""A signed JSON webhook (docs/vendors.md#signed-webhook): batches of at most 1,000 members,
 each request signed `t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`, afresh on
 every retry."""
 
@@ -79,8 +79,8 @@ class WebhookConnector:
         # every batch sent by then, recorded or not: a round sent again after a restart gets
         # new numbers, and a number sent just before a crash can come again on other
         # members. Receivers apply batches idempotently and never deduplicate by number.
-        batch = int(self.context.checkpoint.get("webhook_batch", 0)) + 1
-        self.context.checkpoint["webhook_batch"] = batch
+        self.context.state.webhook_batch += 1
+        batch = self.context.state.webhook_batch
         body = json.dumps(
             {
                 "sync_id": self.context.sync_id,
