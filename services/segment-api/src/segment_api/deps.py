@@ -7,14 +7,18 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from segment_api.events import SOURCE
 from segment_api.problems import ProblemException
 from segment_api.settings import ApiSettings
 from segments_shared.apikeys import ApiKeyInfo, find_key
+from segments_shared.changes import recording
 
 
 async def _transaction(request: Request) -> AsyncIterator[AsyncConnection]:
+    """One unit of work: what the request changed is recorded (`changes_of(conn)`) and its
+    consequences written just before the commit (segments_shared/changes.py)."""
     engine: AsyncEngine = request.app.state.engine
-    async with engine.begin() as conn:
+    async with engine.begin() as conn, recording(conn, SOURCE):
         yield conn
 
 

@@ -169,7 +169,7 @@ MONEY_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,2})?$"
 
 
 def _money_string(value: object) -> object:
-    """Money is a decimal string (SPEC section 3): a float would lose cents."""
+    """Money is a decimal string (docs/contract.md#http-conventions): a float would lose cents."""
     if not isinstance(value, str):
         raise ValueError('must be a decimal string such as "129.90"')
     if not re.fullmatch(MONEY_PATTERN, value):

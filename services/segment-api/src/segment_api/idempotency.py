@@ -1,5 +1,6 @@
-"""`Idempotency-Key` on POST (SPEC section 3): the same key with the same request within 24
-hours answers the first response again and does nothing; with another request, 422.
+"""`Idempotency-Key` on POST (docs/contract.md#http-conventions): the same key with the same
+request within 24 hours answers the first response again and does nothing; with another
+request, 422.
 
 Keys are scoped to the API key. A key is claimed in its own transaction before the request
 runs, so a concurrent retry gets 409 instead of running twice; a 5xx answer releases the key
@@ -24,10 +25,10 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from segment_api.deps import ApiKeyCache
-from segment_api.middleware import BodyTooLarge
+from segment_api.middleware import BodyTooLarge, HttpMiddleware
 from segment_api.problems import database_problem, problem_response
 
 log = logging.getLogger(__name__)
@@ -78,17 +79,13 @@ def request_digest(method: str, path: str, query: bytes, body: bytes) -> bytes:
     return hashlib.sha256(b"%s %s?%s\n" % (method.encode(), path.encode(), query) + body).digest()
 
 
-class IdempotencyMiddleware:
+class IdempotencyMiddleware(HttpMiddleware):
     """Runs outside Starlette's exception middleware: what fails here (a body over the limit,
     the database gone) is answered here, with the same problem details as elsewhere."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    method = "POST"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
         raw_key = headers.get(HEADER)
         token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")[2].strip()

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from segment_api.idempotency import IdempotencyMiddleware, purge_expired_keys
 from segment_api.middleware import BodyLimitMiddleware, CorrelationMiddleware, HeadMiddleware
 from segment_api.orders.router import router as orders_router
 from segment_api.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
-from segment_api.rules.refresher import RuleRefresher
+from segment_api.rules.refresher import rule_runner
 from segment_api.rules.router import router as rules_router
 from segment_api.rules.settings import RefreshSettings
 from segment_api.segments.router import router as segments_router
@@ -29,9 +30,11 @@ from segment_api.settings import ApiSettings
 from segment_api.syncs.router import router as syncs_router
 from segment_api.targets.router import router as targets_router
 from segments_shared.apikeys import create_key
+from segments_shared.backoff import Backoff, BackoffPolicy
 from segments_shared.bus.relay import OutboxRelay
 from segments_shared.bus.topology import Topology
 from segments_shared.db.engine import autocommit, create_engine
+from segments_shared.db.notify import Listener
 from segments_shared.health import (
     Dependency,
     EmbeddedServer,
@@ -39,6 +42,7 @@ from segments_shared.health import (
     flag_check,
     health_routes,
 )
+from segments_shared.jobs.store import NOTIFY_CHANNEL
 from segments_shared.lifecycle import freeze_startup_objects
 from segments_shared.observability import configure_logging
 from segments_shared.secrets import SecretBox
@@ -82,6 +86,8 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
             settings.amqp_url.get_secret_value(),
             Topology(settings.bus_prefix),
             name="segment-api-relay",
+            # Its event loop serves requests: a worker's relay publishes when one runs.
+            prefer_standby=True,
         )
         app.state.engine = engine
         app.state.read_engine = autocommit(engine)
@@ -90,21 +96,26 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
         bootstrap_task = asyncio.create_task(_ensure_bootstrap_key(engine, settings))
         purge_task = asyncio.create_task(purge_expired_keys(engine))
         # Rule segments are recomputed here: the API owns them and sees every change.
-        refresher = RuleRefresher(engine, refreshing)
+        refresher = rule_runner(engine, refreshing, f"segment-api-{uuid.uuid4().hex[:12]}")
         app.state.refresher = refresher
         refresher_task = asyncio.create_task(refresher.run(), name="rule-refresher")
+        listener = Listener(engine.url, name="segment-api-notifications")
+        listener.on(NOTIFY_CHANNEL, refresher.wake_for)
+        listener_task = asyncio.create_task(listener.run(), name="notifications")
         # With the database up this takes milliseconds; without it, start anyway. The first
-        # refresher pass computes rule segments never computed (the defaults after install).
+        # refresher round computes rule segments never computed (the defaults after install).
         await asyncio.wait({bootstrap_task}, timeout=5)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(refresher.first_pass.wait(), 5)
+            await asyncio.wait_for(refresher.first_round.wait(), 5)
         freeze_startup_objects()
         try:
             yield
         finally:
             bootstrap_task.cancel()
             purge_task.cancel()
+            listener.stop()
             refresher.stop()
+            await _stopped(listener_task, 10)
             await _stopped(refresher_task, 10)
             relay.stop()
             await _stopped(relay_task, 10)
@@ -179,7 +190,7 @@ async def _ensure_bootstrap_key(engine: AsyncEngine, settings: ApiSettings) -> N
     still starts and `/readyz` says what is wrong)."""
     if settings.bootstrap_api_key is None:
         return
-    delay = 0.5
+    backoff = Backoff(BackoffPolicy(0.5, 10.0))
     while True:
         try:
             async with engine.begin() as conn:
@@ -189,8 +200,7 @@ async def _ensure_bootstrap_key(engine: AsyncEngine, settings: ApiSettings) -> N
             return
         except (OSError, SQLAlchemyError) as exc:
             log.warning("cannot declare the bootstrap API key yet", extra={"error": repr(exc)})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            await asyncio.sleep(backoff.next_delay())
 
 
 IDEMPOTENCY_KEY_PARAMETER = {
@@ -211,9 +221,9 @@ def _problem_answer(description: str) -> dict[str, Any]:
     }
 
 
-# Answers any operation can give, whatever its route declares (SPEC section 3: the document
-# declares every error status): 503 wherever the database is used, and on every POST what
-# the idempotency middleware answers.
+# Answers any operation can give, whatever its route declares (the document declares every
+# error status, docs/contract.md#http-conventions): 503 wherever the database is used, and on
+# every POST what the idempotency middleware answers.
 COMMON_ANSWERS = {
     "503": _problem_answer(
         "The database is unreachable, or a concurrent change got in the way (deadlock, "

@@ -1,6 +1,7 @@
 """Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path)."""
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -24,17 +25,30 @@ LATENCY = Histogram(
 CORRELATION_HEADERS = (b"x-correlation-id", b"x-request-id")
 
 
-class CorrelationMiddleware:
-    """Takes the caller's correlation id (or makes one), logs and events carry it, and the
-    response returns it as `X-Correlation-ID`."""
+class HttpMiddleware(ABC):
+    """Handles HTTP requests (only those of `method`, when set); anything else (lifespan
+    events, other methods) passes through untouched."""
+
+    method: str | None = None
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self.method not in (None, scope["method"]):
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    @abstractmethod
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
+
+class CorrelationMiddleware(HttpMiddleware):
+    """Takes the caller's correlation id (or makes one), logs and events carry it, and the
+    response returns it as `X-Correlation-ID`."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         correlation_id = None
         for name, value in scope["headers"]:
             if name in CORRELATION_HEADERS and value:
@@ -82,19 +96,15 @@ class _ContentNotWanted(Exception):
     """Stops a streamed response to a HEAD once its headers are out."""
 
 
-class HeadMiddleware:
+class HeadMiddleware(HttpMiddleware):
     """HEAD is GET without the content (RFC 9110, section 9.3.2), which FastAPI's routes do
     not answer: the GET runs, and its status and headers (ETag, Content-Length) go back. A
     streamed body (a CSV download) is stopped at its first chunk rather than produced for
     nothing."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    method = "HEAD"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "HEAD":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         ended = False
 
         async def headers_only(message: Message) -> None:
@@ -121,17 +131,14 @@ class HeadMiddleware:
                 scope["route"] = inner["route"]
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HttpMiddleware):
     """413 for bodies over the limit, checked on the declared length and on what arrives."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 await self._reject(scope, receive, send)

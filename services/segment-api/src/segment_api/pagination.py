@@ -1,4 +1,4 @@
-"""Opaque cursors for keyset pagination (SPEC section 3)."""
+"""Opaque cursors for keyset pagination (docs/contract.md#http-conventions)."""
 
 import base64
 import binascii

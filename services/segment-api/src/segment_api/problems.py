@@ -1,6 +1,7 @@
-"""RFC 9457 problem details for every error the API answers (SPEC section 3)."""
+"""RFC 9457 problem details for every error the API answers (docs/contract.md#http-conventions)."""
 
 import logging
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import asyncpg
@@ -107,6 +108,21 @@ def not_found(what: str, identifier: object) -> ProblemException:
     return ProblemException(404, f"{what} {identifier} does not exist")
 
 
+def repeat_errors(
+    values: Sequence[Hashable], pointer: Callable[[int], str], says: str
+) -> list[dict[str, str]]:
+    """One error per item whose value an earlier item has, at the item's `pointer`: `says`
+    and the pointer of the first item with the value."""
+    first: dict[Hashable, int] = {}
+    errors = []
+    for index, value in enumerate(values):
+        if value in first:
+            errors.append({"pointer": pointer(index), "detail": f"{says} {pointer(first[value])}"})
+        else:
+            first[value] = index
+    return errors
+
+
 def problem_response(
     status: int,
     detail: str | None = None,
@@ -180,8 +196,8 @@ def _is_union_tag(part: object) -> bool:
 def validation_problem(
     errors: list[dict[str, Any]], instance: str | None = None, body: Any = _MISSING
 ) -> Response:
-    """One entry per invalid field (SPEC section 3): errors pydantic reports for several union
-    members at one place in the body become one entry."""
+    """One entry per invalid field (docs/contract.md#http-conventions): errors pydantic
+    reports for several union members at one place in the body become one entry."""
     merged: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
     for error in errors:
         item = _describe(error, body)
@@ -275,38 +291,30 @@ def unavailable_problem(exc: BaseException, instance: str | None = None) -> Resp
         # PostgreSQL aborted this transaction to let a concurrent one finish; nothing of it
         # was kept, and the same request will most likely succeed now.
         log.warning("transaction aborted by a concurrent one", extra={"sqlstate": state})
-        return problem_response(
-            503,
+        return _retry_after(
+            1,
             "a concurrent change got in the way; nothing was changed, retry the request",
-            instance=instance,
-            headers={"Retry-After": "1"},
+            instance,
         )
     if isinstance(exc, DBAPIError) and (
         exc.connection_invalidated or isinstance(exc.orig, OSError)
     ):
         log.warning("database connection lost", extra={"path": instance})
-        return problem_response(
-            503,
-            "the database connection was lost; retry the request",
-            instance=instance,
-            headers={"Retry-After": "1"},
-        )
+        return _retry_after(1, "the database connection was lost; retry the request", instance)
     if isinstance(exc, TimeoutError):
         # asyncpg's command timeout (SEGMENTS_DATABASE_COMMAND_TIMEOUT): the transaction
         # was abandoned and its connection closed.
         log.warning("database statement timed out", extra={"path": instance})
-        return problem_response(
-            503,
-            "the database did not answer in time; nothing was changed",
-            instance=instance,
-            headers={"Retry-After": "5"},
-        )
+        return _retry_after(5, "the database did not answer in time; nothing was changed", instance)
     if isinstance(exc, OSError):
         log.warning("database unreachable", extra={"path": instance, "error": repr(exc)})
-        return problem_response(
-            503, "the database is unreachable", instance=instance, headers={"Retry-After": "5"}
-        )
+        return _retry_after(5, "the database is unreachable", instance)
     return None
+
+
+def _retry_after(seconds: int, detail: str, instance: str | None) -> Response:
+    """A 503 telling the client when to try again."""
+    return problem_response(503, detail, instance=instance, headers={"Retry-After": str(seconds)})
 
 
 def database_problem(exc: BaseException, instance: str | None = None) -> Response | None:

@@ -1,10 +1,12 @@
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from segments_shared.changes import INSERT_EVENT, INSERT_METRICS_CHANGE, INSERT_REFRESH_SIGNAL
 from segments_shared.db.engine import driver_connection
 from segments_shared.db.models import Customer
 from segments_shared.observability import current_correlation_id
@@ -22,8 +24,8 @@ FIELDS = (
 JSON_FIELDS = frozenset({"attributes", "shipping_address", "billing_address"})
 INSERT_DEFAULTS: dict[str, Any] = {"email_status": "pending", "attributes": {}}
 
-# The customer's RFM scores (SPEC section 7), null without a placed order; recency counts
-# whole days up to now, so it is computed at read time from the stored last order.
+# The customer's RFM scores (docs/rules.md#rfm-scores), null without a placed order; recency
+# counts whole days up to now, so it is computed at read time from the stored last order.
 _RFM = """
     (SELECT json_build_object(
         'recency_days', floor(extract(epoch FROM now() - r.last_order_at) / 86400)::int,
@@ -46,9 +48,9 @@ _SELECT = f"SELECT {RETURNED} FROM customers c WHERE c.external_id = $1"
 # BEGIN, lock, upsert, event, signal, COMMIT). The INSERT reads `before` first, so the row
 # is locked and its stored reachability read before the upsert changes it. `$9` says which
 # fields the update touches (fields left out keep their stored values); xmax is 0 on a row
-# an INSERT created. A change of email or status marks the customer's segments' KPIs stale
-# (with the request's correlation id, $13);
-# the event goes to the outbox; rule segments get their signal.
+# an INSERT created. Its consequences are those `segments_shared.changes` writes for a
+# customer change: the KPIs' change when the email or its status changed (with the request's
+# correlation id, $13), the rules' signal, the event.
 _PUT = f"""
     WITH before AS MATERIALIZED (
         SELECT email, email_status FROM customers WHERE external_id = $1 FOR UPDATE
@@ -76,24 +78,17 @@ _PUT = f"""
             updated_at = now()
         RETURNING {RETURNED}, (xmax = 0) AS created
     ),
-    stale AS (
-        INSERT INTO metrics_dirty_segments (segment_id, correlation_id)
-        SELECT DISTINCT m.segment_id, $13::text
+    reach AS (
+        {INSERT_METRICS_CHANGE}
+        SELECT NULL, ARRAY[u.id], NULL, NULL, false, $13::text
         FROM upserted u JOIN before b
           ON (b.email, b.email_status) IS DISTINCT FROM (u.email, u.email_status)
-        JOIN segment_members m ON m.customer_id = u.id
-        ORDER BY m.segment_id
-        ON CONFLICT (segment_id) DO UPDATE
-        SET generation = metrics_dirty_segments.generation + 1,
-            correlation_id =
-                coalesce(EXCLUDED.correlation_id, metrics_dirty_segments.correlation_id)
     ),
     event AS (
-        INSERT INTO outbox (event_id, event_type, payload)
-        VALUES ($10::uuid, $11::text, $12::jsonb)
+        {INSERT_EVENT} VALUES ($10::uuid, $11::text, $12::jsonb)
     ),
     signal AS (
-        INSERT INTO segment_refresh_signals (kind, segment_id) VALUES ('customers', NULL)
+        {INSERT_REFRESH_SIGNAL} SELECT 'customers', NULL, ARRAY[u.id] FROM upserted u
     )
     SELECT * FROM upserted
 """
@@ -162,7 +157,7 @@ _INSERT_MANY = f"""
     -- orders would each wait for a row the other inserted first, a deadlock.
     ORDER BY i->>'external_id'
     ON CONFLICT (external_id) DO NOTHING
-    RETURNING external_id
+    RETURNING id, external_id
 """
 _UPDATE_MANY = f"""
     UPDATE customers c SET
@@ -185,19 +180,22 @@ _UPDATE_MANY = f"""
 """
 
 
-async def upsert_many(
-    conn: AsyncConnection, external_ids: list[str], body_json: str
-) -> tuple[int, list[int]]:
-    """Upsert customers in three set-based statements; each item's given fields only.
-    `body_json` is the validated bulk body dumped with `exclude_unset`.
+@dataclass(frozen=True)
+class Upserted:
+    created: int
+    # Every customer of the call, and those whose email or email status changed.
+    ids: list[int]
+    reach_changed: list[int]
 
-    Returns how many were created, and the ids of existing customers whose email or email
-    status changed (their segments' KPIs are stale).
-    """
+
+async def upsert_many(conn: AsyncConnection, external_ids: list[str], body_json: str) -> Upserted:
+    """Upsert customers in three set-based statements; each item's given fields only.
+    `body_json` is the validated bulk body dumped with `exclude_unset`."""
     driver = await driver_connection(conn)
     # Locking in one order keeps concurrent bulk calls from deadlocking.
     locked = list(await driver.fetch(_LOCK_MANY, external_ids))
-    created = [row["external_id"] for row in await driver.fetch(_INSERT_MANY, body_json)]
+    inserted = await driver.fetch(_INSERT_MANY, body_json)
+    created = [row["external_id"] for row in inserted]
     # Customers another call created since the lock above: locked in the same order before
     # the update, which would take them in this body's order.
     seen = {row["external_id"] for row in locked}.union(created)
@@ -213,7 +211,8 @@ async def upsert_many(
         for row in updated
         if row["id"] in before and before[row["id"]] != (row["email"], row["email_status"])
     ]
-    return len(created), changed
+    ids = [row["id"] for row in inserted] + [row["id"] for row in updated]
+    return Upserted(len(created), ids, changed)
 
 
 _LIST = f"""
@@ -232,15 +231,6 @@ async def list_customers(
     return rows
 
 
-# Every other writer of a membership locks its segment first (edits, refreshes, deletion,
-# whose trigger then deletes the members): so does an erasure, in id order, or it would
-# hold a member row that a segment's deletion waits for while waiting for that segment.
-_LOCK_SEGMENTS_OF = """
-    SELECT id FROM segments
-    WHERE id IN (SELECT segment_id FROM segment_members WHERE customer_id = $1)
-    ORDER BY id
-    FOR NO KEY UPDATE
-"""
 _ERASE_MEMBERSHIPS = """
     DELETE FROM segment_members WHERE customer_id = $1 RETURNING segment_id
 """
@@ -258,9 +248,8 @@ async def lock_for_erasure(conn: AsyncConnection, external_id: str) -> int | Non
 
 
 async def delete_memberships(conn: AsyncConnection, customer_id: int) -> list[Any]:
-    """The segments the customer left, in a stable order."""
+    """The segments the customer left, in a stable order; the caller locked them."""
     driver = await driver_connection(conn)
-    await driver.execute(_LOCK_SEGMENTS_OF, customer_id)
     rows = await driver.fetch(_ERASE_MEMBERSHIPS, customer_id)
     return sorted({row["segment_id"] for row in rows})
 

@@ -1,5 +1,5 @@
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -13,7 +13,11 @@ from segment_api.fields import (
     with_examples,
 )
 
+T = TypeVar("T")
+
 EmailStatus = Literal["subscribed", "unsubscribed", "cleaned", "pending"]
+# The items of a bulk upsert (customers, orders): all written, or none.
+BulkItems = Annotated[list[T], Field(min_length=1, max_length=10_000)]
 AddressPart = Annotated[Text, Field(max_length=200)]
 PersonName = Annotated[Text, Field(max_length=200)]
 
@@ -97,7 +101,7 @@ class CustomerBulkItem(CustomerIn):
 
 
 class CustomersBulk(RequestModel):
-    customers: Annotated[list[CustomerBulkItem], Field(min_length=1, max_length=10_000)]
+    customers: BulkItems[CustomerBulkItem]
 
     model_config = with_examples(
         {

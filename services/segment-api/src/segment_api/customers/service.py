@@ -6,13 +6,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from segment_api.customers import repository
 from segment_api.customers.schemas import BulkResult, Customer, CustomerIn, CustomersBulk
 from segment_api.events import SOURCE
-from segment_api.pagination import decode_key_cursor, encode_cursor
-from segment_api.problems import ProblemException, not_found
-from segment_api.rules.queue import note_data_changed
-from segment_api.segments.service import record_membership_change
-from segments_shared.bus.outbox import add_event, add_events
+from segment_api.listing import PageRequest
+from segment_api.pagination import Page
+from segment_api.problems import ProblemException, not_found, repeat_errors
+from segment_api.segments import locks
+from segments_shared.changes import changes_of
 from segments_shared.events import MAX_IDS_PER_EVENT, CustomerChanged, CustomerErased, CustomerIds
-from segments_shared.staleness import mark_customer_segments_stale
 
 
 def to_customer(row: Mapping[str, Any]) -> Customer:
@@ -26,6 +25,13 @@ def _fields(body: CustomerIn) -> dict[str, Any]:
         if fields.get(name) is not None:
             fields[name] = {k: v for k, v in fields[name].items() if v is not None}
     return fields
+
+
+async def get_customer(conn: AsyncConnection, external_id: str) -> Customer:
+    row = await repository.get(conn, external_id)
+    if row is None:
+        raise not_found("customer", external_id)
+    return to_customer(row)
 
 
 async def put_customer(
@@ -47,19 +53,7 @@ async def put_customer(
 
 def duplicate_errors(keys: list[str], collection: str) -> list[dict[str, str]]:
     """One error per item repeating an earlier item's external id."""
-    first: dict[str, int] = {}
-    errors = []
-    for index, key in enumerate(keys):
-        if key in first:
-            errors.append(
-                {
-                    "pointer": f"/{collection}/{index}/external_id",
-                    "detail": f"duplicates /{collection}/{first[key]}/external_id",
-                }
-            )
-        else:
-            first[key] = index
-    return errors
+    return repeat_errors(keys, lambda index: f"/{collection}/{index}/external_id", "duplicates")
 
 
 def chunks(values: list[str], size: int = MAX_IDS_PER_EVENT) -> list[list[str]]:
@@ -72,33 +66,30 @@ async def bulk_upsert(conn: AsyncConnection, body: CustomersBulk) -> BulkResult:
     errors = duplicate_errors(keys, "customers")
     if errors:
         raise ProblemException(422, "external ids repeat within the call", errors=errors)
-    created, reachability_changed = await repository.upsert_many(
-        conn, keys, body.model_dump_json(exclude_unset=True)
-    )
-    await mark_customer_segments_stale(conn, reachability_changed)
-    await add_events(
-        conn,
-        [
+    upserted = await repository.upsert_many(conn, keys, body.model_dump_json(exclude_unset=True))
+    changes = changes_of(conn)
+    changes.customers_changed("profile", upserted.ids)
+    changes.customers_changed("reach", upserted.reach_changed)
+    changes.publish(
+        *(
             CustomerChanged(
                 source=SOURCE, subject=chunk[0], data=CustomerIds(customer_external_ids=chunk)
             )
             for chunk in chunks(keys)
-        ],
+        )
     )
-    await note_data_changed(conn, "customers")  # rule segments follow, debounced
-    return BulkResult(created=created, updated=len(keys) - created)
+    return BulkResult(created=upserted.created, updated=len(keys) - upserted.created)
 
 
 async def list_customers(
-    conn: AsyncConnection, email: str | None, cursor: str | None, limit: int
-) -> tuple[list[Customer], str | None]:
-    after = 0
-    if cursor:
-        after = decode_key_cursor(cursor)
-    rows = await repository.list_customers(conn, email, after, limit + 1)
-    items = [to_customer(row) for row in rows[:limit]]
-    next_cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
-    return items, next_cursor
+    conn: AsyncConnection, email: str | None, page: PageRequest
+) -> Page[Customer]:
+    # Customer ids start at 1: after 0 is the first page.
+    rows = await repository.list_customers(conn, email, page.after_key() or 0, page.limit + 1)
+    return Page(
+        items=[to_customer(row) for row in rows[: page.limit]],
+        next_cursor=page.next_cursor(rows, lambda row: (row["id"],)),
+    )
 
 
 async def erase_customer(conn: AsyncConnection, external_id: str) -> None:
@@ -108,17 +99,18 @@ async def erase_customer(conn: AsyncConnection, external_id: str) -> None:
     customer_id = await repository.lock_for_erasure(conn, external_id)
     if customer_id is None:
         raise not_found("customer", external_id)
+    await locks.lock_segments_of_customer(conn, customer_id)
+    changes = changes_of(conn)
     for segment_id in await repository.delete_memberships(conn, customer_id):
-        await record_membership_change(
-            conn, segment_id, entered=0, exited=1, cause="customer_erased"
+        await changes.members_changed(
+            segment_id, entered=0, exited=[customer_id], cause="customer_erased"
         )
     await repository.delete_customer(conn, customer_id)
-    await add_event(
-        conn,
+    changes.customers_changed("erased", [customer_id])
+    changes.publish(
         CustomerErased(
             source=SOURCE,
             subject=external_id,
             data=CustomerIds(customer_external_ids=[external_id]),
-        ),
+        )
     )
-    await note_data_changed(conn, "customers")  # rule segments follow, debounced

@@ -9,9 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segment_api.destinations import repository
 from segment_api.destinations.schemas import Destination, DestinationCreate, DestinationUpdate
-from segment_api.pagination import decode_created_cursor, encode_cursor
+from segment_api.listing import PageRequest
+from segment_api.pagination import Page
 from segment_api.problems import ProblemException, not_found
-from segment_api.segments.service import check_if_match
+from segment_api.versions import check_if_match
 from segments_shared.db.types import AnyRow
 from segments_shared.destinations import (
     CONFIG_MODELS,
@@ -107,19 +108,15 @@ async def list_destinations(
     secret_box: SecretBox | None,
     *,
     destination_type: str | None,
-    cursor: str | None,
-    limit: int,
-) -> tuple[list[Destination], str | None]:
-    after = decode_created_cursor(cursor) if cursor else None
+    page: PageRequest,
+) -> Page[Destination]:
     rows = await repository.list_page(
-        conn, destination_type=destination_type, after=after, limit=limit
+        conn, destination_type=destination_type, after=page.after_created(), limit=page.limit
     )
-    items = [to_destination(row, secret_box) for row in rows[:limit]]
-    next_cursor = None
-    if len(rows) > limit:
-        last = items[-1]
-        next_cursor = encode_cursor(last.created_at.isoformat(), str(last.id))
-    return items, next_cursor
+    return Page(
+        items=[to_destination(row, secret_box) for row in rows[: page.limit]],
+        next_cursor=page.next_cursor(rows, lambda row: (row.created_at.isoformat(), str(row.id))),
+    )
 
 
 def _merged_config(row: AnyRow, patch: dict[str, Any], secret_box: SecretBox) -> dict[str, Any]:

@@ -4,6 +4,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, PlainSerializer, field_validator
 
+from segment_api.customers.schemas import BulkItems
+
+# Both bulk upserts answer the same counts: one model, one schema in the document.
+from segment_api.customers.schemas import BulkResult as BulkResult
 from segment_api.fields import (
     ExternalId,
     Money,
@@ -63,7 +67,7 @@ class OrderBulkItem(OrderIn):
 
 
 class OrdersBulk(RequestModel):
-    orders: Annotated[list[OrderBulkItem], Field(min_length=1, max_length=10_000)]
+    orders: BulkItems[OrderBulkItem]
 
     model_config = with_examples(
         {
@@ -77,8 +81,3 @@ class OrdersBulk(RequestModel):
             ]
         }
     )
-
-
-class BulkResult(BaseModel):
-    created: int
-    updated: int = Field(description="Every item that already existed, changed or not")

@@ -8,10 +8,8 @@ from segment_api.events import SOURCE
 from segment_api.orders import repository
 from segment_api.orders.schemas import BulkResult, Order, OrderIn, OrdersBulk
 from segment_api.problems import ProblemException
-from segment_api.rules.queue import note_data_changed
-from segments_shared.bus.outbox import add_events
+from segments_shared.changes import changes_of
 from segments_shared.events import MAX_IDS_PER_EVENT, OrderRecorded, OrderRef, OrdersRecorded
-from segments_shared.staleness import mark_customer_segments_stale
 
 REQUIRED_ON_CREATE = ("customer_external_id", "total", "placed_at")
 
@@ -90,25 +88,24 @@ async def upsert_orders(
         for key, given in items
     ]
     created, owners = await repository.upsert_many(conn, rows, set(existing))
-    # The segments of every customer an order belongs to, or belonged to, are stale.
-    await mark_customer_segments_stale(conn, set(owners.values()) | set(existing.values()))
+    # Every customer an order belongs to, or belonged to, has other orders now.
+    changes = changes_of(conn)
+    changes.customers_changed("orders", set(owners.values()) | set(existing.values()))
     names = await repository.customer_external_ids(conn, set(owners.values()))
     refs = [
         OrderRef(order_external_id=key, customer_external_id=names[owners[key]]) for key in keys
     ]
     batches = [refs[i : i + MAX_IDS_PER_EVENT] for i in range(0, len(refs), MAX_IDS_PER_EVENT)]
-    await add_events(
-        conn,
-        [
+    changes.publish(
+        *(
             OrderRecorded(
                 source=SOURCE,
                 subject=batch[0].order_external_id,
                 data=OrdersRecorded(orders=batch),
             )
             for batch in batches
-        ],
+        )
     )
-    await note_data_changed(conn, "orders")  # rule segments follow, debounced
     return created
 
 

@@ -1,4 +1,5 @@
-"""The fields a rule can test (SPEC section 5.1), their types and the operators each type takes."""
+"""The fields a rule can test (docs/rules.md#fields), their types and the operators each type
+takes."""
 
 import enum
 import re
@@ -35,17 +36,10 @@ class FieldSpec:
 
 COMPARISONS = ("lt", "lte", "gt", "gte", "between")
 PRESENCE = ("exists", "not_exists")
+# The operators of strings, and of attributes (a JSON value is often a string).
+TEXT_OPERATORS = ("eq", "ne", "in", "not_in", *COMPARISONS, "contains", "starts_with", *PRESENCE)
 OPERATORS: dict[Kind, tuple[str, ...]] = {
-    Kind.STRING: (
-        "eq",
-        "ne",
-        "in",
-        "not_in",
-        *COMPARISONS,
-        "contains",
-        "starts_with",
-        *PRESENCE,
-    ),
+    Kind.STRING: TEXT_OPERATORS,
     Kind.ENUM: ("eq", "ne", "in", "not_in"),
     Kind.TIMESTAMP: (
         "eq",
@@ -57,16 +51,7 @@ OPERATORS: dict[Kind, tuple[str, ...]] = {
     ),
     Kind.NUMBER: ("eq", "ne", "in", "not_in", *COMPARISONS, *PRESENCE),
     Kind.SCORE: ("eq", "ne", "in", "not_in", "starts_with", *PRESENCE),
-    Kind.ATTRIBUTE: (
-        "eq",
-        "ne",
-        "in",
-        "not_in",
-        *COMPARISONS,
-        "contains",
-        "starts_with",
-        *PRESENCE,
-    ),
+    Kind.ATTRIBUTE: TEXT_OPERATORS,
 }
 ALL_OPERATORS = frozenset(op for ops in OPERATORS.values() for op in ops)
 RELATIVE_DATE_OPERATORS = ("within_last_days", "before_last_days")

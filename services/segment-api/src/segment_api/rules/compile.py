@@ -11,7 +11,7 @@ Order aggregates come in one of two shapes, both a single statement:
 - `grouped`: one pass over the placed orders, grouped by customer, joined to customers;
 - `lateral`: per customer, an index-only look-up of their orders. Much cheaper when the
   customer-level conditions at the top of the rule (attributes, dates, ...) keep few
-  customers, since PostgreSQL applies them before the look-ups. `choose_strategy` decides.
+  customers, since PostgreSQL applies them before the look-ups. rules/strategy.py decides.
 """
 
 import json
@@ -39,7 +39,6 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    tablesample,
     true,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -66,13 +65,6 @@ CUSTOMERS = Customer.__table__
 ORDERS = Order.__table__
 RFM = CustomerRfm.__table__
 MEMBERS = SegmentMember.__table__
-
-# Below this share of customers kept by the top-level customer conditions, per-customer
-# look-ups of orders beat one grouped pass over all of them (measured: bench/rules_refresh.py).
-LATERAL_BELOW = 0.5
-# The probe's block sample: 1% of the customers table, the same blocks every time.
-PROBE_PERCENT = 1.0
-PROBE_MIN_ROWS = 500
 
 
 def _like(value: str, *, contains: bool) -> str:
@@ -300,7 +292,7 @@ class RuleCompiler:
         if name == "total_revenue":
             return func.coalesce(o.c.revenue, 0)
         if name == "average_order_value":
-            # Money, rounded to cents half-up as the KPIs are (SPEC section 7).
+            # Money, rounded to cents half-up as the KPIs are (docs/contract.md#kpis).
             return func.round(o.c.revenue / func.nullif(o.c.orders_count, 0), 2)
         if name == "first_order_at":
             return o.c.first_order_at
@@ -388,30 +380,3 @@ def _compare(expr: ColumnElement[Any], op: str, value: Bound) -> ColumnElement[b
     assert not isinstance(value, tuple)
     result: ColumnElement[bool] = comparisons[op](value)
     return result
-
-
-def customer_conditions(rule: Node) -> list[Node]:
-    """The parts of the rule that must hold and read only the customers table: the filter
-    PostgreSQL applies before looking up anyone's orders."""
-    parts = rule.children if isinstance(rule, AllOf) else (rule,)
-    return [part for part in parts if not sources(part) - {Source.CUSTOMER}]
-
-
-def probe(rule: Node, *, orders: bool = False) -> AnySelect | None:
-    """A count of the customers a 1% block sample keeps under the customer-level conditions
-    (None when no orders are read, or there are no such conditions). `orders`: orders are
-    read for another reason (a sort key)."""
-    if Source.ORDERS not in sources(rule) and not orders:
-        return None
-    parts = customer_conditions(rule)
-    if not parts:
-        return None
-    sample = tablesample(CUSTOMERS, func.system(PROBE_PERCENT), name="c", seed=literal(0))
-    compiler = RuleCompiler(AllOf(tuple(parts), ""), customers=sample)
-    return select(func.count().filter(compiler.predicate()), func.count()).select_from(sample)
-
-
-def choose_strategy(kept: int, seen: int) -> Strategy:
-    if seen < PROBE_MIN_ROWS:
-        return "grouped"
-    return "lateral" if kept < LATERAL_BELOW * seen else "grouped"

@@ -1,5 +1,5 @@
 """Rule validation: JSON in, a tree of nodes out, or every problem with the JSON pointer of
-the node or value at fault (SPEC section 5.1: "422 names the path of the offending node")."""
+the node or value at fault (a 422 names each: docs/rules.md#validation)."""
 
 import math
 import re
@@ -281,7 +281,8 @@ def _text_value(spec: FieldSpec, op: str, value: object) -> tuple[Scalar | None,
             return None, 'an RFM score is three digits 1 to 5, such as "545"' + (
                 " (or its first one or two)" if op == "starts_with" else ""
             )
-    # Emails are stored lower-cased and matched case-insensitively (SPEC section 4).
+    # Emails are stored lower-cased and matched case-insensitively
+    # (docs/contract.md#customers-and-orders).
     return (text.lower() if spec.name == "email" else text), None
 
 

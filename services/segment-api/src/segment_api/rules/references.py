@@ -1,5 +1,5 @@
 """Rules that refer to other segments: the referred segments must exist, and no chain of
-references may lead back to the segment being saved (SPEC section 5.1: a cycle is a 422)."""
+references may lead back to the segment being saved (a cycle is a 422: docs/rules.md#validation)."""
 
 import uuid
 from collections.abc import Iterator, Mapping

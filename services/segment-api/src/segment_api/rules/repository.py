@@ -4,36 +4,37 @@ previews, and the graph of segments referring to each other."""
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
     Uuid,
+    any_,
+    case,
     delete,
     except_,
     func,
     insert,
     literal,
+    null,
     nulls_last,
     select,
     text,
     union_all,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from segment_api.rules.compile import AnySelect, RuleCompiler, Strategy, choose_strategy, probe
+from segment_api.rules.compile import AnySelect, RuleCompiler, Strategy
 from segment_api.rules.nodes import Node
+from segment_api.rules.strategy import choose_strategy, probe
+from segments_shared.changes import MAX_NAMED
 from segments_shared.db.engine import driver_connection
 from segments_shared.db.models import Customer, SegmentMember, SegmentOverride
 from segments_shared.db.types import AnyRow
 
-# Set-based membership inserts hold this lock shared from before they read the customers
-# they insert until they commit; deleting a customer takes it exclusively before sweeping
-# their memberships (the trigger `customers_leave_segments` of the initial migration), so
-# it waits for inserts in flight and no insert reads a customer an erasure already deleted.
-# segment_members has no foreign keys, whose per-row checks cost four times the insert.
-_LOCK_MEMBER_INSERTS = text(
-    "SELECT pg_advisory_xact_lock_shared(hashtext('segment_members.insert'))"
-)
 # Saving a rule that refers to segments, and deleting a segment, take this lock: two
 # concurrent edits cannot close a cycle, nor refer to a segment being deleted.
 _LOCK_RULE_GRAPH = text("SELECT pg_advisory_xact_lock(hashtext('segments.rule_graph'))")
@@ -55,22 +56,64 @@ OVERRIDES = SegmentOverride.__table__
 MEMBERS = SegmentMember.__table__
 
 
-def replacement(segment_id: uuid.UUID, selection: AnySelect, max_size: int | None) -> AnySelect:
+@dataclass(frozen=True)
+class Moved:
+    """Who entered and left: their ids, or only how many when more than MAX_NAMED."""
+
+    entered_count: int
+    exited_count: int
+    entered_ids: list[int] | None
+    exited_ids: list[int] | None
+
+    @property
+    def entered(self) -> list[int] | int:
+        return self.entered_ids if self.entered_ids is not None else self.entered_count
+
+    @property
+    def exited(self) -> list[int] | int:
+        return self.exited_ids if self.exited_ids is not None else self.exited_count
+
+
+def _named(moved: Any) -> ColumnElement[Any]:
+    """The ids of a CTE's rows, or NULL when there are more than MAX_NAMED."""
+    return (
+        select(
+            case(
+                (func.count() <= MAX_NAMED, func.array_agg(moved.c.customer_id)),
+                else_=null(),
+            )
+        )
+        .select_from(moved)
+        .scalar_subquery()
+    )
+
+
+def replacement(
+    segment_id: uuid.UUID,
+    selection: AnySelect,
+    max_size: int | None,
+    only: Sequence[int] | None = None,
+) -> AnySelect:
     """One statement replacing the segment's membership with what `selection` (customer_id,
     sort_key) selects: the rule's customers less the explicit includes and excludes, cut to
     the size limit after counting the includes (highest sort key first, ties to the
-    longest-standing customer), plus the includes. Additions and removals are set
-    differences (EXCEPT: hashed or sorted, never a nested loop that a stale row estimate of a
+    longest-standing customer), plus the includes. With `only`, just those customers are
+    evaluated and moved (no size limit then). Additions and removals are set differences
+    (EXCEPT: hashed or sorted, never a nested loop that a stale row estimate of a
     just-filled segment could make quadratic). Removals skip rows a concurrent erasure holds
-    (it removes them itself). Answers (entered, exited). The caller holds the segment's lock,
-    which keeps every other writer of its membership out: the inserts cannot conflict.
+    (it removes them itself). Answers the counts and ids that entered and exited. The caller
+    holds the segment's lock, which keeps every other writer of its membership out: the
+    inserts cannot conflict.
     """
+    assert only is None or max_size is None, "a size limit ranks every customer"
+    ids = literal(list(only), ARRAY(BigInteger)) if only is not None else None
     target = selection.cte("target")
-    overrides = (
-        select(OVERRIDES.c.customer_id, OVERRIDES.c.mode)
-        .where(OVERRIDES.c.segment_id == segment_id)
-        .cte("overrides")
+    overrides_query = select(OVERRIDES.c.customer_id, OVERRIDES.c.mode).where(
+        OVERRIDES.c.segment_id == segment_id
     )
+    if ids is not None:
+        overrides_query = overrides_query.where(OVERRIDES.c.customer_id == any_(ids))
+    overrides = overrides_query.cte("overrides")
     includes = select(overrides.c.customer_id).where(overrides.c.mode == "include")
     # NOT IN over the (small) overrides: a hashed subplan.
     ruled = select(target.c.customer_id).where(
@@ -86,7 +129,10 @@ def replacement(segment_id: uuid.UUID, selection: AnySelect, max_size: int | Non
             room
         )
     wanted = union_all(ruled, includes).cte("wanted")
-    current = select(MEMBERS.c.customer_id).where(MEMBERS.c.segment_id == segment_id).cte("current")
+    current_query = select(MEMBERS.c.customer_id).where(MEMBERS.c.segment_id == segment_id)
+    if ids is not None:
+        current_query = current_query.where(MEMBERS.c.customer_id == any_(ids))
+    current = current_query.cte("current")
     additions = except_(select(wanted.c.customer_id), select(current.c.customer_id)).cte(
         "additions"
     )
@@ -123,6 +169,8 @@ def replacement(segment_id: uuid.UUID, selection: AnySelect, max_size: int | Non
     return select(
         select(func.count()).select_from(added).scalar_subquery().label("entered"),
         select(func.count()).select_from(removed).scalar_subquery().label("exited"),
+        _named(added).label("entered_ids"),
+        _named(removed).label("exited_ids"),
     )
 
 
@@ -170,21 +218,23 @@ async def strategy_for(conn: AsyncConnection, rule: Node, *, orders: bool = Fals
     return choose_strategy(int(kept), int(seen))
 
 
-async def lock_member_inserts(conn: AsyncConnection) -> None:
-    await conn.execute(_LOCK_MEMBER_INSERTS)
-
-
 async def replace_members(
     conn: AsyncConnection,
     segment_id: uuid.UUID,
     compiler: RuleCompiler,
     max_size: int | None,
-) -> tuple[int, int]:
-    """Replace the segment's membership (see `replacement`); returns (entered, exited)."""
-    statement = replacement(segment_id, compiler.selection(), max_size)
+    *,
+    only: Sequence[int] | None = None,
+) -> Moved:
+    """Replace the segment's membership (see `replacement`), of every customer or of `only`
+    those."""
+    selection = compiler.selection()
+    if only is not None:
+        selection = selection.where(compiler.c.c.id == any_(literal(list(only), ARRAY(BigInteger))))
+    statement = replacement(segment_id, selection, max_size, only)
     async with planned_for(conn, compiler.strategy):
         row = (await conn.execute(statement)).one()
-    return int(row.entered), int(row.exited)
+    return Moved(int(row.entered), int(row.exited), row.entered_ids, row.exited_ids)
 
 
 async def definition_of(conn: AsyncConnection, segment_id: uuid.UUID) -> Mapping[str, Any] | None:

@@ -1,5 +1,6 @@
-"""CSV download of a segment (SPEC section 5): RFC 4180, UTF-8, one row per member with an
-email, sorted by email, streamed from a server-side cursor so memory stays flat."""
+"""CSV download of a segment (docs/contract.md#segments-and-rules): RFC 4180, UTF-8, one row
+per member with an email, sorted by email, streamed from a server-side cursor so memory
+stays flat."""
 
 import csv
 import io
@@ -22,7 +23,8 @@ ROWS_PER_CHUNK = 5000
 
 
 def parse_include(value: str | None) -> list[str]:
-    """The asked-for columns, in the order SPEC gives them; unknown names are a 422."""
+    """The asked-for columns, in the contract's order whatever order they are asked in
+    (docs/contract.md#segments-and-rules); unknown names are a 422."""
     asked = [part.strip() for part in (value or "").split(",") if part.strip()]
     unknown = [part for part in asked if part not in INCLUDES]
     if unknown:

@@ -1,12 +1,13 @@
-import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from segment_api.deps import Db, ReadDb, ReadKey, WriteKey
-from segment_api.pagination import Cursor, Limit, Page
-from segment_api.problems import problem_responses
+from segment_api.listing import PageQuery
+from segment_api.pagination import Page
+from segment_api.parameters import SegmentId, SegmentIfMatch
+from segment_api.responses import answers, created, tagged
 from segment_api.rules.refresher import wake_refresher
 from segment_api.segments import export, service
 from segment_api.segments.schemas import (
@@ -24,80 +25,63 @@ from segment_api.segments.schemas import (
 
 router = APIRouter(prefix="/v1/segments", tags=["segments"])
 
-SegmentId = Annotated[uuid.UUID, Path(description="The segment's id")]
-IfMatch = Annotated[
-    str | None,
-    Header(description="The segment's ETag; on mismatch the request fails with 412"),
-]
+
+async def _wake_refresher_after(request: Request, background: BackgroundTasks) -> None:
+    background.add_task(wake_refresher, request.app)
 
 
-def etag(version: int) -> str:
-    return f'"{version}"'
+# An operation that can make a rule segment due: the refresher looks at once, rather than at
+# its next poll. A background task runs only after a successful answer.
+WAKES_REFRESHER = Depends(_wake_refresher_after)
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    response_model=Segment,
     summary="Create a segment",
-    responses=problem_responses(400, 401, 403, 409, 413, 422),
+    responses=answers(409, body=True),
+    dependencies=[WAKES_REFRESHER],
 )
 async def create_segment(
-    body: SegmentCreate,
-    db: Db,
-    key: WriteKey,
-    request: Request,
-    response: Response,
-    background: BackgroundTasks,
+    body: SegmentCreate, db: Db, key: WriteKey, request: Request, response: Response
 ) -> Segment:
     segment = await service.create_segment(db, body, key)
-    background.add_task(wake_refresher, request.app)
-    response.headers["Location"] = str(request.url_for("get_segment", segment_id=segment.id))
-    response.headers["ETag"] = etag(segment.version)
-    return segment
+    return created(request, response, segment, "get_segment", "segment_id")
 
 
 @router.get(
     "",
-    response_model=Page[Segment],
     summary="List segments",
-    responses=problem_responses(401, 403, 422),
+    responses=answers(),
 )
 async def list_segments(
     db: Db,
     _: ReadKey,
+    page: PageQuery,
     kind: Literal["default", "user", "custom"] | None = None,
     status_: Annotated[
         Literal["ready", "building", "inactive"] | None, Query(alias="status")
     ] = None,
     active: bool | None = None,
     q: Annotated[str | None, Query(max_length=200, description="Part of the name")] = None,
-    limit: Limit = 100,
-    cursor: Cursor = None,
 ) -> Page[Segment]:
-    items, next_cursor = await service.list_segments(
-        db, kind=kind, status=status_, active=active, q=q, cursor=cursor, limit=limit
-    )
-    return Page[Segment](items=items, next_cursor=next_cursor)
+    return await service.list_segments(db, kind=kind, status=status_, active=active, q=q, page=page)
 
 
 @router.get(
     "/{segment_id}",
-    response_model=Segment,
     summary="Read a segment, with its KPIs and delivery state",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=answers(404),
 )
 async def get_segment(segment_id: SegmentId, db: ReadDb, _: ReadKey, response: Response) -> Segment:
     segment = await service.get_segment(db, segment_id)
-    response.headers["ETag"] = etag(segment.version)
-    return segment
+    return tagged(response, segment)
 
 
 @router.get(
     "/{segment_id}/metrics",
-    response_model=SegmentMetrics,
     summary="The segment's lifetime KPIs",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=answers(404),
 )
 async def get_metrics(segment_id: SegmentId, db: ReadDb, _: ReadKey) -> SegmentMetrics:
     return await service.get_metrics(db, segment_id)
@@ -105,22 +89,17 @@ async def get_metrics(segment_id: SegmentId, db: ReadDb, _: ReadKey) -> SegmentM
 
 @router.get(
     "/{segment_id}/members",
-    response_model=Page[Member],
     summary="List the segment's members",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=answers(404),
 )
-async def list_members(
-    segment_id: SegmentId, db: Db, _: ReadKey, limit: Limit = 100, cursor: Cursor = None
-) -> Page[Member]:
-    items, next_cursor = await service.list_members(db, segment_id, cursor, limit)
-    return Page[Member](items=items, next_cursor=next_cursor)
+async def list_members(segment_id: SegmentId, db: Db, _: ReadKey, page: PageQuery) -> Page[Member]:
+    return await service.list_members(db, segment_id, page)
 
 
 @router.post(
     "/{segment_id}/members",
-    response_model=MembersAdded,
     summary="Add members by external id or by email",
-    responses=problem_responses(400, 401, 403, 404, 413, 422),
+    responses=answers(404, body=True),
 )
 async def add_members(
     segment_id: SegmentId, body: MembersRequest, db: Db, _: WriteKey
@@ -130,9 +109,8 @@ async def add_members(
 
 @router.post(
     "/{segment_id}/members/remove",
-    response_model=MembersRemoved,
     summary="Remove members by external id or by email",
-    responses=problem_responses(400, 401, 403, 404, 413, 422),
+    responses=answers(404, body=True),
 )
 async def remove_members(
     segment_id: SegmentId, body: MembersRequest, db: Db, _: WriteKey
@@ -142,34 +120,30 @@ async def remove_members(
 
 @router.patch(
     "/{segment_id}",
-    response_model=Segment,
     summary="Edit a segment's name, description, definition or kind",
-    responses=problem_responses(400, 401, 403, 404, 409, 412, 413, 422),
+    responses=answers(404, 409, 412, body=True),
+    dependencies=[WAKES_REFRESHER],
 )
 async def update_segment(
     segment_id: SegmentId,
     body: SegmentUpdate,
     db: Db,
     key: WriteKey,
-    request: Request,
     response: Response,
-    background: BackgroundTasks,
-    if_match: IfMatch = None,
+    if_match: SegmentIfMatch = None,
 ) -> Segment:
     segment = await service.update_segment(db, segment_id, body, key, if_match)
-    background.add_task(wake_refresher, request.app)
-    response.headers["ETag"] = etag(segment.version)
-    return segment
+    return tagged(response, segment)
 
 
 @router.delete(
     "/{segment_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a segment (destinations are not touched)",
-    responses=problem_responses(401, 403, 404, 409, 412, 422),
+    responses=answers(404, 409, 412),
 )
 async def delete_segment(
-    segment_id: SegmentId, db: Db, _: WriteKey, if_match: IfMatch = None
+    segment_id: SegmentId, db: Db, _: WriteKey, if_match: SegmentIfMatch = None
 ) -> Response:
     await service.delete_segment(db, segment_id, if_match)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -178,11 +152,10 @@ async def delete_segment(
 @router.post(
     "/{segment_id}/duplicate",
     status_code=status.HTTP_201_CREATED,
-    response_model=Segment,
     summary="Copy a segment: same definition, same members",
     description='The copy is a `user` segment named "<name> (copy)", "<name> (copy 2)", ... '
     "unless a name is given.",
-    responses=problem_responses(400, 401, 403, 404, 409, 413, 422),
+    responses=answers(404, 409, body=True),
 )
 async def duplicate_segment(
     segment_id: SegmentId,
@@ -193,81 +166,60 @@ async def duplicate_segment(
     body: DuplicateRequest | None = None,
 ) -> Segment:
     copy = await service.duplicate_segment(db, segment_id, body or DuplicateRequest())
-    response.headers["Location"] = str(request.url_for("get_segment", segment_id=copy.id))
-    response.headers["ETag"] = etag(copy.version)
-    return copy
+    return created(request, response, copy, "get_segment", "segment_id")
 
 
 @router.post(
     "/{segment_id}/deactivate",
-    response_model=Segment,
     summary="Deactivate: keeps the members, stops refreshes and syncs",
-    responses=problem_responses(401, 403, 404, 412, 422),
+    responses=answers(404, 412),
 )
 async def deactivate_segment(
-    segment_id: SegmentId, db: Db, _: WriteKey, response: Response, if_match: IfMatch = None
+    segment_id: SegmentId, db: Db, _: WriteKey, response: Response, if_match: SegmentIfMatch = None
 ) -> Segment:
     segment = await service.set_active(db, segment_id, False, if_match)
-    response.headers["ETag"] = etag(segment.version)
-    return segment
+    return tagged(response, segment)
 
 
 @router.post(
     "/{segment_id}/activate",
-    response_model=Segment,
     summary="Activate a deactivated segment",
-    responses=problem_responses(401, 403, 404, 412, 422),
+    responses=answers(404, 412),
+    dependencies=[WAKES_REFRESHER],
 )
 async def activate_segment(
-    segment_id: SegmentId,
-    db: Db,
-    _: WriteKey,
-    request: Request,
-    response: Response,
-    background: BackgroundTasks,
-    if_match: IfMatch = None,
+    segment_id: SegmentId, db: Db, _: WriteKey, response: Response, if_match: SegmentIfMatch = None
 ) -> Segment:
     segment = await service.set_active(db, segment_id, True, if_match)
-    background.add_task(wake_refresher, request.app)
-    response.headers["ETag"] = etag(segment.version)
-    return segment
+    return tagged(response, segment)
 
 
 @router.post(
     "/{segment_id}/refresh",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=Segment,
     summary="Recompute a rule segment's membership now",
     description="Answers at once with the segment, `status` `building`; the old membership "
     "stays readable until the new one replaces it in one transaction. Manual and inactive "
     "segments are not refreshed (409).",
-    responses=problem_responses(401, 403, 404, 409, 422),
+    responses=answers(404, 409),
+    dependencies=[WAKES_REFRESHER],
 )
 async def refresh_segment(
-    segment_id: SegmentId,
-    db: Db,
-    _: WriteKey,
-    request: Request,
-    response: Response,
-    background: BackgroundTasks,
+    segment_id: SegmentId, db: Db, _: WriteKey, response: Response
 ) -> Segment:
     segment = await service.request_refresh(db, segment_id)
-    background.add_task(wake_refresher, request.app)
-    response.headers["ETag"] = etag(segment.version)
-    return segment
+    return tagged(response, segment)
 
 
 @router.get(
     "/{segment_id}/history",
-    response_model=Page[HistoryEntry],
     summary="Membership changes over time, newest first",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=answers(404),
 )
 async def segment_history(
-    segment_id: SegmentId, db: ReadDb, _: ReadKey, limit: Limit = 100, cursor: Cursor = None
+    segment_id: SegmentId, db: ReadDb, _: ReadKey, page: PageQuery
 ) -> Page[HistoryEntry]:
-    items, next_cursor = await service.list_history(db, segment_id, cursor, limit)
-    return Page[HistoryEntry](items=items, next_cursor=next_cursor)
+    return await service.list_history(db, segment_id, page)
 
 
 @router.get(
@@ -284,7 +236,7 @@ async def segment_history(
             "description": "The CSV file, streamed",
             "content": {"text/csv": {"schema": {"type": "string", "format": "binary"}}},
         },
-        **problem_responses(401, 403, 404, 422),
+        **answers(404),
     },
 )
 async def export_csv(

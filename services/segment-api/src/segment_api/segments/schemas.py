@@ -75,7 +75,8 @@ class SegmentCreate(RequestModel):
 
 
 class SegmentMetrics(BaseModel):
-    """Lifetime KPIs (SPEC section 7); every figure is null before the first computation."""
+    """Lifetime KPIs (docs/contract.md#kpis); every figure is null before the first
+    computation."""
 
     customers: int | None = None
     reachable_customers: int | None = None

@@ -5,14 +5,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segment_api.events import SOURCE
-from segment_api.fields import money_str
-from segment_api.pagination import decode_created_cursor, decode_key_cursor, encode_cursor
+from segment_api.listing import PageRequest
+from segment_api.pagination import Page
 from segment_api.problems import ProblemException, field_error, not_found
-from segment_api.rules import queue
 from segment_api.rules import repository as rules_repository
+from segment_api.rules import requests as refreshes
 from segment_api.rules.definition import is_rule
 from segment_api.rules.service import check_definition
-from segment_api.segments import repository
+from segment_api.segments import locks, members, repository
 from segment_api.segments.schemas import (
     DuplicateRequest,
     HistoryEntry,
@@ -25,39 +25,40 @@ from segment_api.segments.schemas import (
     SegmentMetrics,
     SegmentUpdate,
 )
+from segment_api.versions import check_if_match
 from segments_shared.apikeys import ApiKeyInfo
-from segments_shared.bus.outbox import add_event
+from segments_shared.changes import changes_of
 from segments_shared.events import (
-    MembersChanged,
     SegmentActivated,
     SegmentCreated,
     SegmentDeactivated,
     SegmentDeleted,
-    SegmentMembersChanged,
     SegmentRef,
     SegmentUpdated,
 )
-from segments_shared.observability import current_correlation_id
-from segments_shared.staleness import mark_segments_stale
+from segments_shared.kpis import kpis_of
 
-SegmentEvent = SegmentCreated | SegmentUpdated | SegmentActivated | SegmentDeactivated
+SegmentEvent = (
+    SegmentCreated | SegmentUpdated | SegmentActivated | SegmentDeactivated | SegmentDeleted
+)
+
+
+def segment_event(
+    event_type: type[SegmentEvent], segment_id: uuid.UUID, name: str, version: int
+) -> SegmentEvent:
+    return event_type(
+        source=SOURCE,
+        subject=str(segment_id),
+        data=SegmentRef(segment_id=segment_id, name=name, version=version),
+    )
 
 
 def metrics_of(row: Mapping[str, Any]) -> SegmentMetrics:
+    """The figures as `metrics.updated` carries them (segments_shared/kpis.py), and whether
+    a change waits for them."""
     if row["computed_at"] is None:
         return SegmentMetrics(stale=True)
-    latency = row["order_latency_days"]
-    return SegmentMetrics(
-        customers=row["customers"],
-        reachable_customers=row["reachable_customers"],
-        total_revenue=money_str(row["total_revenue"]),
-        total_orders=row["total_orders"],
-        average_order_value=money_str(row["average_order_value"]),
-        customer_lifetime_value=money_str(row["customer_lifetime_value"]),
-        order_latency_days=float(latency) if latency is not None else None,
-        computed_at=row["computed_at"],
-        stale=bool(row["stale"]),
-    )
+    return SegmentMetrics(**kpis_of(row).model_dump(), stale=bool(row["stale"]))
 
 
 def segment_of(row: Mapping[str, Any]) -> Segment:
@@ -101,19 +102,13 @@ async def create_segment(conn: AsyncConnection, body: SegmentCreate, key: ApiKey
     )
     if segment_id is None:
         raise ProblemException(409, f"a segment named {body.name!r} already exists")
+    changes = changes_of(conn)
     # New KPIs are stale until the metrics-worker computes them.
-    await mark_segments_stale(conn, [segment_id])
+    changes.segment_created(segment_id)
     if rule is not None:
-        await queue.request_refresh(conn, segment_id, "created")
+        await refreshes.request_refresh(conn, segment_id, "created")
     segment = await get_segment(conn, segment_id)
-    await add_event(
-        conn,
-        SegmentCreated(
-            source=SOURCE,
-            subject=str(segment_id),
-            data=SegmentRef(segment_id=segment_id, name=segment.name, version=segment.version),
-        ),
-    )
+    changes.publish(segment_event(SegmentCreated, segment_id, segment.name, segment.version))
     return segment
 
 
@@ -124,117 +119,85 @@ async def list_segments(
     status: str | None,
     active: bool | None,
     q: str | None,
-    cursor: str | None,
-    limit: int,
-) -> tuple[list[Segment], str | None]:
-    after = decode_created_cursor(cursor) if cursor else None
+    page: PageRequest,
+) -> Page[Segment]:
     rows = await repository.list_views(
-        conn, kind=kind, status=status, active=active, q=q, after=after, limit=limit
+        conn,
+        kind=kind,
+        status=status,
+        active=active,
+        q=q,
+        after=page.after_created(),
+        limit=page.limit,
     )
-    items = [segment_of(dict(row._mapping)) for row in rows[:limit]]
-    next_cursor = None
-    if len(rows) > limit:
-        last = items[-1]
-        next_cursor = encode_cursor(last.created_at.isoformat(), str(last.id))
-    return items, next_cursor
+    return Page(
+        items=[segment_of(dict(row._mapping)) for row in rows[: page.limit]],
+        next_cursor=page.next_cursor(rows, lambda row: (row.created_at.isoformat(), str(row.id))),
+    )
 
 
-async def _locked_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> Any:
-    row = await repository.lock(conn, segment_id)
+async def locked_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> Any:
+    """The segment's row, locked (segments/locks.py); 404 if there is none."""
+    row = await locks.lock_segment(conn, segment_id)
     if row is None:
         raise not_found("segment", segment_id)
     return row
 
 
-async def record_membership_change(
-    conn: AsyncConnection, segment_id: uuid.UUID, *, entered: int, exited: int, cause: str
-) -> None:
-    """Count, history, staleness and the event of a membership change, in its transaction."""
-    if not entered and not exited:
-        return
-    row = await repository.record_membership_change(
+async def _change_members(
+    conn: AsyncConnection, segment_id: uuid.UUID, body: MembersRequest, *, add: bool
+) -> tuple[int, int, list[str]]:
+    """Add or remove the named customers (a rule segment's includes or excludes), recorded
+    as a membership change: how many changed, how many were already as asked, and the
+    names no customer has."""
+    segment = await locked_segment(conn, segment_id)
+    result = await members.change_members(
         conn,
-        segment_id,
-        entered=entered,
-        exited=exited,
-        cause=cause,
-        correlation_id=current_correlation_id(),
+        segment.id,
+        add=add,
+        external_ids=body.external_ids,
+        emails=body.emails,
+        rule=is_rule(segment.definition),
     )
-    await mark_segments_stale(conn, [segment_id])
-    # Rules referring to this segment follow (debounced, by the refresher).
-    await queue.note_segment_changed(conn, segment_id)
-    await add_event(
-        conn,
-        SegmentMembersChanged(
-            source=SOURCE,
-            subject=str(segment_id),
-            data=MembersChanged(
-                segment_id=segment_id,
-                added=entered,
-                removed=exited,
-                membership_version=row.membership_version,
-                cause=cause,
-            ),
-        ),
+    moved = list(result.changed_ids)
+    await changes_of(conn).members_changed(
+        segment.id,
+        entered=moved if add else 0,
+        exited=0 if add else moved,
+        cause="members_added" if add else "members_removed",
     )
+    return result.changed, result.found - result.changed, list(result.not_found)
 
 
 async def add_members(
     conn: AsyncConnection, segment_id: uuid.UUID, body: MembersRequest
 ) -> MembersAdded:
-    segment = await _locked_segment(conn, segment_id)
-    result = await repository.change_members(
-        conn,
-        segment.id,
-        add=True,
-        external_ids=body.external_ids,
-        emails=body.emails,
-        rule=is_rule(segment.definition),
-    )
-    await record_membership_change(
-        conn, segment.id, entered=result.changed, exited=0, cause="members_added"
-    )
-    return MembersAdded(
-        added=result.changed,
-        already_members=result.found - result.changed,
-        not_found=list(result.not_found),
-    )
+    added, already, unknown = await _change_members(conn, segment_id, body, add=True)
+    return MembersAdded(added=added, already_members=already, not_found=unknown)
 
 
 async def remove_members(
     conn: AsyncConnection, segment_id: uuid.UUID, body: MembersRequest
 ) -> MembersRemoved:
-    segment = await _locked_segment(conn, segment_id)
-    result = await repository.change_members(
-        conn,
-        segment.id,
-        add=False,
-        external_ids=body.external_ids,
-        emails=body.emails,
-        rule=is_rule(segment.definition),
-    )
-    await record_membership_change(
-        conn, segment.id, entered=0, exited=result.changed, cause="members_removed"
-    )
-    return MembersRemoved(
-        removed=result.changed,
-        not_members=result.found - result.changed,
-        not_found=list(result.not_found),
-    )
+    removed, not_members, unknown = await _change_members(conn, segment_id, body, add=False)
+    return MembersRemoved(removed=removed, not_members=not_members, not_found=unknown)
+
+
+async def require_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> None:
+    """404 unless the segment exists."""
+    if not await repository.exists(conn, segment_id):
+        raise not_found("segment", segment_id)
 
 
 async def list_members(
-    conn: AsyncConnection, segment_id: uuid.UUID, cursor: str | None, limit: int
-) -> tuple[list[Member], str | None]:
-    after = None
-    if cursor:
-        after = decode_key_cursor(cursor)
-    if not await repository.exists(conn, segment_id):
-        raise not_found("segment", segment_id)
-    rows = await repository.list_members(conn, segment_id, after, limit)
-    items = [Member.model_validate(row, from_attributes=True) for row in rows[:limit]]
-    next_cursor = encode_cursor(rows[limit - 1].customer_id) if len(rows) > limit else None
-    return items, next_cursor
+    conn: AsyncConnection, segment_id: uuid.UUID, page: PageRequest
+) -> Page[Member]:
+    await require_segment(conn, segment_id)
+    rows = await members.list_members(conn, segment_id, page.after_key(), page.limit)
+    return Page(
+        items=[Member.model_validate(row, from_attributes=True) for row in rows[: page.limit]],
+        next_cursor=page.next_cursor(rows, lambda row: (row.customer_id,)),
+    )
 
 
 async def get_metrics(conn: AsyncConnection, segment_id: uuid.UUID) -> SegmentMetrics:
@@ -247,31 +210,10 @@ async def get_metrics(conn: AsyncConnection, segment_id: uuid.UUID) -> SegmentMe
 MAX_NAME = 200
 
 
-def check_if_match(if_match: str | None, version: int) -> None:
-    """412 unless `If-Match` is absent, `*`, or lists the current strong ETag."""
-    if if_match is None:
-        return
-    tags = [tag.strip() for tag in if_match.split(",")]
-    if "*" in tags or f'"{version}"' in tags:
-        return
-    raise ProblemException(
-        412,
-        f'If-Match does not match the current version (ETag "{version}")',
-        headers={"ETag": f'"{version}"'},
-    )
-
-
 async def _segment_changed(
     conn: AsyncConnection, row: Mapping[str, Any], event_type: type[SegmentEvent]
 ) -> Segment:
-    await add_event(
-        conn,
-        event_type(
-            source=SOURCE,
-            subject=str(row["id"]),
-            data=SegmentRef(segment_id=row["id"], name=row["name"], version=row["version"]),
-        ),
-    )
+    changes_of(conn).publish(segment_event(event_type, row["id"], row["name"], row["version"]))
     return await get_segment(conn, row["id"])
 
 
@@ -282,7 +224,7 @@ async def update_segment(
     key: ApiKeyInfo,
     if_match: str | None,
 ) -> Segment:
-    segment = await _locked_segment(conn, segment_id)
+    segment = await locked_segment(conn, segment_id)
     check_if_match(if_match, segment.version)
     given = body.model_dump(exclude_unset=True)
     for name in ("name", "definition", "kind"):
@@ -318,18 +260,18 @@ async def update_segment(
         raise ProblemException(409, f"a segment named {body.name!r} already exists") from exc
     if definition is not None and definition != segment.definition:
         if rule is not None:
-            await queue.request_refresh(conn, segment_id, "rule_changed")
+            await refreshes.request_refresh(conn, segment_id, "rule_changed")
         elif is_rule(segment.definition):
             # Manual now: the members stay as they are, the rule's overrides go.
             await repository.drop_overrides(conn, segment_id)
-            await queue.drop(conn, segment_id)
+            await refreshes.drop(conn, segment_id)
     return await _segment_changed(conn, row, SegmentUpdated)
 
 
 async def delete_segment(
     conn: AsyncConnection, segment_id: uuid.UUID, if_match: str | None
 ) -> None:
-    segment = await _locked_segment(conn, segment_id)
+    segment = await locked_segment(conn, segment_id)
     check_if_match(if_match, segment.version)
     if segment.kind == "default":
         raise ProblemException(409, "default segments cannot be deleted; deactivate them")
@@ -342,13 +284,8 @@ async def delete_segment(
             f"the rules of {names} refer to this segment; change them before deleting it",
         )
     await repository.delete_segment(conn, segment_id)
-    await add_event(
-        conn,
-        SegmentDeleted(
-            source=SOURCE,
-            subject=str(segment_id),
-            data=SegmentRef(segment_id=segment_id, name=segment.name, version=segment.version),
-        ),
+    changes_of(conn).publish(
+        segment_event(SegmentDeleted, segment_id, segment.name, segment.version)
     )
 
 
@@ -356,27 +293,27 @@ async def set_active(
     conn: AsyncConnection, segment_id: uuid.UUID, active: bool, if_match: str | None
 ) -> Segment:
     """Activate or deactivate; doing it twice changes nothing the second time."""
-    segment = await _locked_segment(conn, segment_id)
+    segment = await locked_segment(conn, segment_id)
     check_if_match(if_match, segment.version)
     if segment.active == active:
         return await get_segment(conn, segment_id)
     row = await repository.update_segment(conn, segment_id, active=active)
     if active:
         # It was not refreshed while inactive.
-        await queue.request_refresh(conn, segment_id, "activated")
+        await refreshes.request_refresh(conn, segment_id, "activated")
     else:
-        await queue.drop(conn, segment_id)
+        await refreshes.drop(conn, segment_id)
     return await _segment_changed(conn, row, SegmentActivated if active else SegmentDeactivated)
 
 
 async def request_refresh(conn: AsyncConnection, segment_id: uuid.UUID) -> Segment:
     """Queue a recomputation of a rule segment's membership, due now."""
-    segment = await _locked_segment(conn, segment_id)
+    segment = await locked_segment(conn, segment_id)
     if not is_rule(segment.definition):
         raise ProblemException(409, "only rule segments are refreshed; this one is manual")
     if not segment.active:
         raise ProblemException(409, "inactive segments are not refreshed; activate it first")
-    await queue.request_refresh(conn, segment_id, "refresh_requested")
+    await refreshes.request_refresh(conn, segment_id, "refresh_requested")
     return await get_segment(conn, segment_id)
 
 
@@ -396,7 +333,7 @@ def copy_names(name: str, taken: set[str]) -> list[str]:
 async def duplicate_segment(
     conn: AsyncConnection, segment_id: uuid.UUID, body: DuplicateRequest
 ) -> Segment:
-    source = await _locked_segment(conn, segment_id)
+    source = await locked_segment(conn, segment_id)
     if body.name is not None:
         names = [body.name]
     else:
@@ -404,30 +341,32 @@ async def duplicate_segment(
     copy_id = await repository.insert_copy(conn, source._mapping, names)
     if copy_id is None:
         raise ProblemException(409, f"a segment named {names[0]!r} already exists")
-    copied = await repository.copy_members(conn, segment_id, copy_id)
-    await mark_segments_stale(conn, [copy_id])
-    created = await get_segment(conn, copy_id)
-    await add_event(
-        conn,
-        SegmentCreated(
-            source=SOURCE,
-            subject=str(copy_id),
-            data=SegmentRef(segment_id=copy_id, name=created.name, version=created.version),
-        ),
-    )
-    await record_membership_change(conn, copy_id, entered=copied, exited=0, cause="duplicated")
-    return await get_segment(conn, copy_id)
+    copied = await members.copy_members(conn, segment_id, copy_id)
+    return await announce_created(conn, copy_id, copied, "duplicated")
+
+
+async def announce_created(
+    conn: AsyncConnection, segment_id: uuid.UUID, members: int, cause: str
+) -> Segment:
+    """A new segment made with its first members (a copy, a target-group operation): its
+    event, its membership change, its KPIs computed whole."""
+    changes = changes_of(conn)
+    changes.segment_created(segment_id)
+    created = await get_segment(conn, segment_id)
+    changes.publish(segment_event(SegmentCreated, segment_id, created.name, created.version))
+    await changes.members_changed(segment_id, entered=members, exited=0, cause=cause)
+    return await get_segment(conn, segment_id)
 
 
 async def list_history(
-    conn: AsyncConnection, segment_id: uuid.UUID, cursor: str | None, limit: int
-) -> tuple[list[HistoryEntry], str | None]:
-    before = 2**62
-    if cursor:
-        before = decode_key_cursor(cursor)
-    if not await repository.exists(conn, segment_id):
-        raise not_found("segment", segment_id)
-    rows = await repository.history(conn, segment_id, before, limit + 1)
-    items = [HistoryEntry.model_validate(dict(row)) for row in rows[:limit]]
-    next_cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
-    return items, next_cursor
+    conn: AsyncConnection, segment_id: uuid.UUID, page: PageRequest
+) -> Page[HistoryEntry]:
+    before = page.after_key()
+    await require_segment(conn, segment_id)
+    rows = await repository.history(
+        conn, segment_id, 2**62 if before is None else before, page.limit + 1
+    )
+    return Page(
+        items=[HistoryEntry.model_validate(dict(row)) for row in rows[: page.limit]],
+        next_cursor=page.next_cursor(rows, lambda row: (row["id"],)),
+    )

@@ -4,25 +4,24 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, status
 
 from segment_api.deps import Db, ReadDb, ReadKey, SyncKey
-from segment_api.pagination import Cursor, Limit, Page
-from segment_api.problems import problem_responses
+from segment_api.listing import PageQuery
+from segment_api.pagination import Page
+from segment_api.parameters import DestinationId, SegmentId
+from segment_api.responses import answers
 from segment_api.syncs import service
 from segment_api.syncs.schemas import DestinationState, PromotionCreate, SyncCreate, SyncRun
 
 router = APIRouter(tags=["syncs"])
 
-SegmentId = Annotated[uuid.UUID, Path(description="The segment's id")]
-
 
 @router.post(
     "/v1/segments/{segment_id}/syncs",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=SyncRun,
     summary="Sync a segment to a destination",
     description="Answers the run already queued or running for this segment and destination "
     "instead of starting a second one. A staging commerce store is filled by promotion "
     "instead (409).",
-    responses=problem_responses(400, 401, 403, 404, 409, 413, 422),
+    responses=answers(404, 409, body=True),
 )
 async def request_sync(segment_id: SegmentId, body: SyncCreate, db: Db, _: SyncKey) -> SyncRun:
     return await service.request_sync(db, segment_id, body.destination_id)
@@ -31,14 +30,13 @@ async def request_sync(segment_id: SegmentId, body: SyncCreate, db: Db, _: SyncK
 @router.post(
     "/v1/segments/{segment_id}/promotions",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=SyncRun,
     summary="Copy a segment from a production store to a staging store",
     description="Starts a run of kind `promotion` (poll it at `/v1/syncs/{id}`): the staging "
     "store ends with exactly the members the production store holds by the worker's record "
     "after its last successful sync, not the segment's current members. Both destinations "
     "must be commerce stores (422), production and staging (409), and production must have "
     "synced the segment successfully (409).",
-    responses=problem_responses(400, 401, 403, 404, 409, 413, 422),
+    responses=answers(404, 409, body=True),
 )
 async def request_promotion(
     segment_id: SegmentId, body: PromotionCreate, db: Db, _: SyncKey
@@ -48,35 +46,29 @@ async def request_promotion(
 
 @router.get(
     "/v1/segments/{segment_id}/syncs",
-    response_model=Page[SyncRun],
     summary="List the segment's sync runs and promotions, newest first",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=answers(404),
 )
 async def list_syncs(
     segment_id: SegmentId,
     db: ReadDb,
     _: ReadKey,
+    page: PageQuery,
     destination_id: Annotated[
         uuid.UUID | None, Query(description="Only runs to this destination")
     ] = None,
-    limit: Limit = 100,
-    cursor: Cursor = None,
 ) -> Page[SyncRun]:
-    items, next_cursor = await service.list_runs(
-        db, segment_id, destination_id=destination_id, cursor=cursor, limit=limit
-    )
-    return Page[SyncRun](items=items, next_cursor=next_cursor)
+    return await service.list_runs(db, segment_id, destination_id=destination_id, page=page)
 
 
 @router.get(
     "/v1/segments/{segment_id}/destinations/{destination_id}",
-    response_model=DestinationState,
     summary="What a destination holds of the segment, by the worker's record",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=answers(404),
 )
 async def destination_state(
     segment_id: SegmentId,
-    destination_id: Annotated[uuid.UUID, Path(description="The destination's id")],
+    destination_id: DestinationId,
     db: ReadDb,
     _: ReadKey,
 ) -> DestinationState:
@@ -85,9 +77,8 @@ async def destination_state(
 
 @router.get(
     "/v1/syncs/{sync_id}",
-    response_model=SyncRun,
     summary="Read a sync run",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=answers(404),
 )
 async def get_sync(sync_id: Annotated[uuid.UUID, Path()], db: ReadDb, _: ReadKey) -> SyncRun:
     return await service.get_run(db, sync_id)

@@ -8,9 +8,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segment_api.destinations import repository as destinations
 from segment_api.events import SOURCE
-from segment_api.pagination import decode_key_cursor, encode_cursor
+from segment_api.listing import PageRequest
+from segment_api.pagination import Page
 from segment_api.problems import ProblemException, not_found
-from segment_api.segments import repository as segments
+from segment_api.segments.service import locked_segment, require_segment
 from segment_api.syncs import repository
 from segment_api.syncs.schemas import (
     DestinationState,
@@ -19,9 +20,10 @@ from segment_api.syncs.schemas import (
     SyncRun,
     SyncStats,
 )
-from segments_shared.bus.outbox import add_event
+from segments_shared.changes import changes_of
 from segments_shared.db.types import AnyRow
 from segments_shared.events import SyncRequested, SyncRequestedEvent
+from segments_shared.jobs import store
 from segments_shared.observability import current_correlation_id
 
 
@@ -61,30 +63,30 @@ async def list_runs(
     segment_id: uuid.UUID,
     *,
     destination_id: uuid.UUID | None,
-    cursor: str | None,
-    limit: int,
-) -> tuple[list[SyncRun], str | None]:
-    before = None
-    if cursor:
-        before = decode_key_cursor(cursor)
-    if not await segments.exists(conn, segment_id):
-        raise not_found("segment", segment_id)
+    page: PageRequest,
+) -> Page[SyncRun]:
+    await require_segment(conn, segment_id)
     rows = await repository.list_runs(
-        conn, segment_id, destination_id=destination_id, before_seq=before, limit=limit
+        conn,
+        segment_id,
+        destination_id=destination_id,
+        before_seq=page.after_key(),
+        limit=page.limit,
     )
-    items = await _with_failures(conn, rows[:limit])
-    next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
-    return items, next_cursor
+    return Page(
+        items=await _with_failures(conn, rows[: page.limit]),
+        next_cursor=page.next_cursor(rows, lambda row: (row.seq,)),
+    )
 
 
-async def _active_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> AnyRow:
-    segment = await segments.lock(conn, segment_id)
-    if segment is None:
-        raise not_found("segment", segment_id)
+async def _lock_active_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> None:
+    segment = await locked_segment(conn, segment_id)
     if not segment.active:
         raise ProblemException(409, "the segment is inactive: activate it before syncing it")
-    return segment
 
+
+# The job queue of sync runs (sync_worker/runs.py).
+SYNC_RUNS = "sync_run"
 
 # Inserts tried while the pair's active run keeps finishing under our feet (each try that
 # fails saw a run end, so more than one is already rare).
@@ -122,8 +124,9 @@ async def _queue(
             409, "runs of this segment and destination keep starting and ending: try again"
         )
     await repository.mark_delivery_queued(conn, segment_id, destination_id, run_id)
-    await add_event(
-        conn,
+    # The sync-worker's job engine carries it out (sync_worker/runner.py).
+    await store.request(conn, SYNC_RUNS, str(run_id), sync_run_id=run_id)
+    changes_of(conn).publish(
         SyncRequestedEvent(
             source=SOURCE,
             subject=str(segment_id),
@@ -138,7 +141,7 @@ async def _queue(
 async def request_sync(
     conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID
 ) -> SyncRun:
-    await _active_segment(conn, segment_id)
+    await _lock_active_segment(conn, segment_id)
     destination = await destinations.held(conn, destination_id)
     if destination is None:
         raise ProblemException(
@@ -160,7 +163,7 @@ async def request_promotion(
 ) -> SyncRun:
     """Staging gets exactly what production holds by the worker's record after its last
     successful sync of the segment."""
-    await _active_segment(conn, segment_id)
+    await _lock_active_segment(conn, segment_id)
     ends = {
         "from_destination_id": (body.from_destination_id, "production"),
         "to_destination_id": (body.to_destination_id, "staging"),
@@ -218,8 +221,7 @@ async def request_promotion(
 async def destination_state(
     conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID
 ) -> DestinationState:
-    if not await segments.exists(conn, segment_id):
-        raise not_found("segment", segment_id)
+    await require_segment(conn, segment_id)
     if await destinations.get(conn, destination_id) is None:
         raise not_found("destination", destination_id)
     remote = await repository.destination_segment(conn, segment_id, destination_id)

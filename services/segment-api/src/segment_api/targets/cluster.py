@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import KMeans
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 FEATURES = ("recency", "frequency", "monetary")
 # Enough for stable centroids; more only costs time (the assignment covers every buyer).
@@ -43,6 +41,11 @@ def fit(
         scaling.stds
     )
     chosen = [index for index, weight in enumerate(weights) if weight]
+    # Imported at the first clustering (in its thread), not by every process that starts:
+    # scikit-learn takes seconds of CPU to load.
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
     # One thread: deterministic, and polite to the other work of a small machine.
     with threadpool_limits(limits=1):
         model = KMeans(n_clusters=k, n_init=N_INIT, random_state=seed).fit(data[:, chosen])

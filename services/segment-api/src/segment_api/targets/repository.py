@@ -4,22 +4,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import insert, literal, nulls_last, select, text
+from sqlalchemy import insert, literal, nulls_last, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segment_api.rules.compile import AnySelect
 from segments_shared.db.engine import driver_connection
 from segments_shared.db.models import SegmentMember
-
-# Set-based membership inserts hold this lock shared (rules/repository.py explains why).
-_LOCK_MEMBER_INSERTS = text(
-    "SELECT pg_advisory_xact_lock_shared(hashtext('segment_members.insert'))"
-)
-
-_LOCK_SOURCES = """
-    SELECT id, name, definition, active, member_count FROM segments
-    WHERE id = ANY(:ids) ORDER BY id FOR {mode}
-"""
 
 
 def _union(sources: int) -> str:
@@ -232,22 +222,6 @@ def _assign(clusters: int) -> str:
     )
     SELECT segment_id, count(*) AS added FROM added GROUP BY segment_id
 """
-
-
-async def lock_segments(
-    conn: AsyncConnection, ids: Sequence[uuid.UUID], mode: str
-) -> dict[uuid.UUID, Mapping[str, Any]]:
-    """The segments, locked in id order (no deadlocks): `KEY SHARE` keeps them from being
-    deleted, `SHARE` also freezes their membership, `NO KEY UPDATE` to change it. Through
-    SQLAlchemy, so that the transaction has begun."""
-    assert mode in ("KEY SHARE", "SHARE", "NO KEY UPDATE")
-    statement = text(_LOCK_SOURCES.format(mode=mode))
-    rows = (await conn.execute(statement, {"ids": list(ids)})).mappings().all()
-    return {row["id"]: dict(row) for row in rows}
-
-
-async def lock_member_inserts(conn: AsyncConnection) -> None:
-    await conn.execute(_LOCK_MEMBER_INSERTS)
 
 
 def _inserted(status: str) -> int:

@@ -1,10 +1,8 @@
-import uuid
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 
 from segment_api.deps import Db, ReadKey, WriteKey
-from segment_api.problems import problem_responses
+from segment_api.parameters import SegmentId
+from segment_api.responses import answers, created
 from segment_api.segments.schemas import Segment
 from segment_api.targets import service
 from segment_api.targets.schemas import (
@@ -21,40 +19,30 @@ from segment_api.targets.schemas import (
 
 router = APIRouter(prefix="/v1/segments", tags=["target groups"])
 
-SegmentId = Annotated[uuid.UUID, Path(description="The segment's id")]
-CREATED = problem_responses(400, 401, 403, 404, 409, 413, 422)
-
-
-def _located(request: Request, response: Response, segment: Segment) -> Segment:
-    response.headers["Location"] = str(request.url_for("get_segment", segment_id=segment.id))
-    response.headers["ETag"] = f'"{segment.version}"'
-    return segment
-
 
 @router.post(
     "/combine",
     status_code=status.HTTP_201_CREATED,
-    response_model=Segment,
     summary="Combine segments into a new manual segment: union, intersect or difference",
     description="`difference` keeps the members of the first segment that no other listed "
     "segment holds. The sources are left as they were.",
-    responses=problem_responses(400, 401, 403, 409, 413, 422),
+    responses=answers(409, body=True),
 )
 async def combine(
     body: CombineRequest, db: Db, _: WriteKey, request: Request, response: Response
 ) -> Segment:
-    return _located(request, response, await service.combine(db, body))
+    segment = await service.combine(db, body)
+    return created(request, response, segment, "get_segment", "segment_id")
 
 
 @router.post(
     "/{segment_id}/split",
     status_code=status.HTTP_201_CREATED,
-    response_model=Segments,
     summary="Split a segment into new manual segments by weight",
     description="Members are ordered by a stable hash of (customer, seed) and dealt out in "
     "runs: each lands in exactly one part, part sizes follow the weights to within one "
     "member, and the same seed over the same members gives the same split.",
-    responses=CREATED,
+    responses=answers(404, 409, body=True),
 )
 async def split(segment_id: SegmentId, body: SplitRequest, db: Db, _: WriteKey) -> Segments:
     return Segments(items=await service.split(db, segment_id, body))
@@ -63,11 +51,10 @@ async def split(segment_id: SegmentId, body: SplitRequest, db: Db, _: WriteKey) 
 @router.post(
     "/{segment_id}/reduce",
     status_code=status.HTTP_201_CREATED,
-    response_model=Segment,
     summary="A new manual segment of at most max_size members of this one",
     description="Chosen by `order_by` (ties to the longest-standing customer), or at random "
     "with a seed: the same seed keeps the same members.",
-    responses=CREATED,
+    responses=answers(404, 409, body=True),
 )
 async def reduce(
     segment_id: SegmentId,
@@ -77,14 +64,14 @@ async def reduce(
     request: Request,
     response: Response,
 ) -> Segment:
-    return _located(request, response, await service.reduce(db, segment_id, body))
+    segment = await service.reduce(db, segment_id, body)
+    return created(request, response, segment, "get_segment", "segment_id")
 
 
 @router.post(
     "/compare",
-    response_model=Comparison,
     summary="Sizes, and the intersection and Jaccard index of every pair",
-    responses=problem_responses(400, 401, 403, 413, 422),
+    responses=answers(body=True),
 )
 async def compare(body: CompareRequest, db: Db, _: ReadKey) -> Comparison:
     return await service.compare(db, body)
@@ -92,14 +79,13 @@ async def compare(body: CompareRequest, db: Db, _: ReadKey) -> Comparison:
 
 @router.post(
     "/deduplicate",
-    response_model=DeduplicateResult,
     summary="Remove from each manual segment the customers an earlier one holds",
     description="The list is in priority order: the first segment keeps all its members, "
     "each later one loses those any earlier one holds, so no customer is in two of them. "
     "Answers the removed count per segment. The first segment is only read, so it may be a "
     "rule segment; a rule segment later in the list is refused (409): its rule decides its "
     "members.",
-    responses=problem_responses(400, 401, 403, 409, 413, 422),
+    responses=answers(409, body=True),
 )
 async def deduplicate(body: DeduplicateRequest, db: Db, _: WriteKey) -> DeduplicateResult:
     return await service.deduplicate(db, body)
@@ -108,14 +94,13 @@ async def deduplicate(body: DeduplicateRequest, db: Db, _: WriteKey) -> Deduplic
 @router.post(
     "/cluster",
     status_code=status.HTTP_201_CREATED,
-    response_model=Segments,
     summary="k new manual segments from k-means over the customers with placed orders",
     description="Features (recency in days, frequency, monetary value) are log-scaled and "
     "standardised; k-means (scikit-learn, seeded) is fitted on up to 20,000 buyers chosen "
     "by a stable hash, and every buyer joins the nearest centroid, so each lands in exactly "
     "one segment. Segments are named `<name_prefix> 1` ... `<name_prefix> k`, best customers "
     "(recent, frequent, high-spending) first; each description gives its centroid.",
-    responses=problem_responses(400, 401, 403, 409, 413, 422),
+    responses=answers(409, body=True),
 )
 async def cluster(body: ClusterRequest, db: Db, _: WriteKey) -> Segments:
     return Segments(items=await service.cluster_buyers(db, body))

@@ -1,4 +1,4 @@
-"""Target-group operations (SPEC section 5.2, from SAP CRM)."""
+"""Target-group operations (docs/contract.md#target-group-operations, from SAP CRM)."""
 
 import uuid
 from typing import Annotated, Literal

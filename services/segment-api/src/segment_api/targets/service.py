@@ -1,6 +1,7 @@
-"""Target-group operations (SPEC section 5.2). Each creating operation makes new manual
-segments and leaves its sources as they were; deduplicate edits the listed segments. Every
-membership is computed by one set-based statement; only the k-means fit runs in Python."""
+"""Target-group operations (docs/contract.md#target-group-operations). Each creating
+operation makes new manual segments and leaves its sources as they were; deduplicate edits
+the listed segments. Every membership is computed by one set-based statement; only the
+k-means fit runs in Python."""
 
 import asyncio
 import uuid
@@ -11,15 +12,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from segment_api.events import SOURCE
-from segment_api.problems import ProblemException, not_found
+from segment_api.problems import ProblemException, not_found, repeat_errors
 from segment_api.rules import repository as rules_repository
 from segment_api.rules.compile import SORTS_ON_ORDERS, RuleCompiler, SortKey, random_seed
 from segment_api.rules.definition import is_rule
 from segment_api.rules.nodes import Membership
+from segment_api.segments import locks
 from segment_api.segments import repository as segments_repository
 from segment_api.segments.schemas import Segment
-from segment_api.segments.service import get_segment, record_membership_change
+from segment_api.segments.service import announce_created, get_segment
 from segment_api.targets import cluster, repository
 from segment_api.targets.schemas import (
     ClusterRequest,
@@ -34,9 +35,7 @@ from segment_api.targets.schemas import (
     SegmentSize,
     SplitRequest,
 )
-from segments_shared.bus.outbox import add_event
-from segments_shared.events import SegmentCreated, SegmentRef
-from segments_shared.staleness import mark_segments_stale
+from segments_shared.changes import changes_of
 
 MAX_DESCRIPTION = 2000
 
@@ -46,28 +45,18 @@ def _unprocessable(errors: list[dict[str, str]]) -> ProblemException:
 
 
 def _check_unique(ids: Sequence[uuid.UUID]) -> None:
-    first: dict[uuid.UUID, int] = {}
-    errors = []
-    for index, segment_id in enumerate(ids):
-        if segment_id in first:
-            errors.append(
-                {
-                    "pointer": f"/segment_ids/{index}",
-                    "detail": f"repeats /segment_ids/{first[segment_id]}",
-                }
-            )
-        first.setdefault(segment_id, index)
+    errors = repeat_errors(ids, lambda index: f"/segment_ids/{index}", "repeats")
     if errors:
         raise _unprocessable(errors)
 
 
 async def _segments(
-    conn: AsyncConnection, ids: Sequence[uuid.UUID], mode: str
+    conn: AsyncConnection, ids: Sequence[uuid.UUID], mode: locks.Mode
 ) -> dict[uuid.UUID, Mapping[str, Any]]:
     """The listed segments, locked; 422 naming each id that is not a segment."""
     _check_unique(ids)
     await rules_repository.tune(conn)
-    found = await repository.lock_segments(conn, ids, mode)
+    found = await locks.lock_segments(conn, ids, mode)
     errors = [
         {"pointer": f"/segment_ids/{index}", "detail": "no segment has this id"}
         for index, segment_id in enumerate(ids)
@@ -78,9 +67,11 @@ async def _segments(
     return found
 
 
-async def _source(conn: AsyncConnection, segment_id: uuid.UUID, mode: str) -> Mapping[str, Any]:
+async def _source(
+    conn: AsyncConnection, segment_id: uuid.UUID, mode: locks.Mode
+) -> Mapping[str, Any]:
     await rules_repository.tune(conn)
-    found = await repository.lock_segments(conn, [segment_id], mode)
+    found = await locks.lock_segments(conn, [segment_id], mode)
     if segment_id not in found:
         raise not_found("segment", segment_id)
     return found[segment_id]
@@ -98,23 +89,7 @@ async def _new_segment(conn: AsyncConnection, name: str, description: str | None
     )
     if segment_id is None:
         raise ProblemException(409, f"a segment named {name!r} already exists")
-    await mark_segments_stale(conn, [segment_id])
     return segment_id
-
-
-async def _created(conn: AsyncConnection, segment_id: uuid.UUID, added: int, cause: str) -> Segment:
-    """Announce a new segment and its first members, as a duplicate does."""
-    created = await get_segment(conn, segment_id)
-    await add_event(
-        conn,
-        SegmentCreated(
-            source=SOURCE,
-            subject=str(segment_id),
-            data=SegmentRef(segment_id=segment_id, name=created.name, version=created.version),
-        ),
-    )
-    await record_membership_change(conn, segment_id, entered=added, exited=0, cause=cause)
-    return await get_segment(conn, segment_id)
 
 
 def _names(sources: Mapping[uuid.UUID, Mapping[str, Any]], ids: Sequence[uuid.UUID]) -> str:
@@ -130,9 +105,9 @@ async def combine(conn: AsyncConnection, body: CombineRequest) -> Segment:
         f"{_names(sources, body.segment_ids[1:])}"
     )
     target = await _new_segment(conn, body.name, description)
-    await repository.lock_member_inserts(conn)
+    await locks.lock_member_inserts(conn)
     added = await repository.combine(conn, body.operation, target, body.segment_ids)
-    return await _created(conn, target, added, "combined")
+    return await announce_created(conn, target, added, "combined")
 
 
 def part_sizes(members: int, weights: Sequence[float]) -> list[int]:
@@ -187,11 +162,11 @@ async def split(conn: AsyncConnection, segment_id: uuid.UUID, body: SplitRequest
             f"(weight {part.weight:g}, seed {body.seed!r})"
         )
         parts.append(await _new_segment(conn, part.name, description))
-    await repository.lock_member_inserts(conn)
+    await locks.lock_member_inserts(conn)
     added = await repository.split(
         conn, segment_id, random_seed("split:" + body.seed), lower_bounds, parts
     )
-    return [await _created(conn, part, added.get(part, 0), "split") for part in parts]
+    return [await announce_created(conn, part, added.get(part, 0), "split") for part in parts]
 
 
 async def reduce(conn: AsyncConnection, segment_id: uuid.UUID, body: ReduceRequest) -> Segment:
@@ -205,19 +180,19 @@ async def reduce(conn: AsyncConnection, segment_id: uuid.UUID, body: ReduceReque
     seed = random_seed("reduce:" + body.seed)
     if body.order_by == "random":
         # The sort key is the member's own id: read from the membership alone.
-        await repository.lock_member_inserts(conn)
+        await locks.lock_member_inserts(conn)
         added = await repository.insert_sample(conn, target, segment_id, seed, body.max_size)
-        return await _created(conn, target, added, "reduced")
+        return await announce_created(conn, target, added, "reduced")
     members = Membership(segment_id, True, "")
     strategy = await rules_repository.strategy_for(
         conn, members, orders=body.order_by in SORTS_ON_ORDERS
     )
     sort = SortKey(body.order_by, seed)
     compiler = RuleCompiler(members, strategy=strategy, sort=sort)
-    await repository.lock_member_inserts(conn)
+    await locks.lock_member_inserts(conn)
     async with rules_repository.planned_for(conn, strategy):
         added = await repository.insert_selected(conn, target, compiler.selection(), body.max_size)
-    return await _created(conn, target, added, "reduced")
+    return await announce_created(conn, target, added, "reduced")
 
 
 async def compare(conn: AsyncConnection, body: CompareRequest) -> Comparison:
@@ -247,11 +222,11 @@ async def compare(conn: AsyncConnection, body: CompareRequest) -> Comparison:
 
 async def deduplicate(conn: AsyncConnection, body: DeduplicateRequest) -> DeduplicateResult:
     sources = await _segments(conn, body.segment_ids, "NO KEY UPDATE")
-    # SPEC 5.2 removes from each later segment what an earlier one holds: the first is only
-    # read, so it may be any segment. A later one loses members, which a rule segment cannot
-    # (its rule decides them, and would put them back). An inactive manual segment can: it
-    # keeps its members and takes edits, as `/members/remove` does; it is only not refreshed
-    # or synced.
+    # Deduplicating removes from each later segment what an earlier one holds
+    # (docs/contract.md#target-group-operations): the first is only read, so it may be any
+    # segment. A later one loses members, which a rule segment cannot (its rule decides them,
+    # and would put them back). An inactive manual segment can: it keeps its members and
+    # takes edits, as `/members/remove` does; it is only not refreshed or synced.
     conflicts = [
         f"{sources[segment_id]['name']!r} (/segment_ids/{index}) is a rule segment: its rule "
         "decides its members; only the first segment of the list may be one (it is only read)"
@@ -261,11 +236,12 @@ async def deduplicate(conn: AsyncConnection, body: DeduplicateRequest) -> Dedupl
     if conflicts:
         raise ProblemException(409, "; ".join(conflicts))
     removed = await repository.deduplicate(conn, body.segment_ids)
-    # Recorded in id order: the stale marks then take their rows in the order an order's or
-    # a customer's change takes them (sorted), where the list's order deadlocked with them.
+    # Recorded in id order: the segments' rows are updated in the order every other
+    # membership writer takes them (segments/locks.py), where the list's order could deadlock.
+    changes = changes_of(conn)
     for segment_id in sorted(body.segment_ids):
-        await record_membership_change(
-            conn, segment_id, entered=0, exited=removed.get(segment_id, 0), cause="deduplicated"
+        await changes.members_changed(
+            segment_id, entered=0, exited=removed.get(segment_id, 0), cause="deduplicated"
         )
     items = []
     for segment_id in body.segment_ids:
@@ -292,7 +268,7 @@ async def cluster_buyers(conn: AsyncConnection, body: ClusterRequest) -> list[Se
         raise _unprocessable(errors)
     # Before reading the buyers: an erasure waits for this insert rather than race it.
     await rules_repository.tune(conn)
-    await repository.lock_member_inserts(conn)
+    await locks.lock_member_inserts(conn)
     stats = await repository.prepare_features(conn)
     buyers = int(stats["buyers"])
     if body.k > buyers:
@@ -330,5 +306,6 @@ async def cluster_buyers(conn: AsyncConnection, body: ClusterRequest) -> list[Se
         weights,
     )
     return [
-        await _created(conn, segment, added.get(segment, 0), "clustered") for segment in segments
+        await announce_created(conn, segment, added.get(segment, 0), "clustered")
+        for segment in segments
     ]
