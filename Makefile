@@ -1,9 +1,13 @@
-# `make run` starts the suite; `make test` installs everything and runs ruff, mypy and pytest.
+# `make run` starts the suite; `make test` installs everything and runs ruff, mypy, the unit
+# tier and the integration tier.
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
+# pytest-xdist workers of the integration tier, each with its own database and bus prefix
+# (measured on 2 cores: README, "Two commands").
+TEST_WORKERS ?= 2
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest test-unit test-integration bench clean
 
 # uv comes from PyPI into a private folder when it is not installed already.
 .tools/bin/uv:
@@ -23,8 +27,17 @@ lint: install
 typecheck: install
 	.venv/bin/mypy
 
-pytest: install
-	.venv/bin/pytest $(PYTEST_ARGS)
+# No PostgreSQL, RabbitMQ or services: seconds.
+test-unit: install
+	.venv/bin/pytest tests/unit $(PYTEST_ARGS)
+
+# Everything else, against the real PostgreSQL and RabbitMQ, in parallel. Tests are handed
+# out one at a time, the long ones first (tests/fixtures/ordering.py), so the workers end
+# together.
+test-integration: install
+	.venv/bin/pytest --ignore=tests/unit -n $(TEST_WORKERS) --maxschedchunk 1 $(PYTEST_ARGS)
+
+pytest: test-unit test-integration
 
 test: lint typecheck pytest
 

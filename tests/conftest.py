@@ -7,6 +7,8 @@ pytest_plugins = [
     "tests.fixtures.api",
     "tests.fixtures.processes",
     "tests.fixtures.rabbit",
+    "tests.fixtures.tables",
+    "tests.fixtures.ordering",
 ]
 
 

@@ -6,6 +6,8 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.metrics.store import fold_due
+
 PROBLEM = "application/problem+json"
 
 
@@ -15,6 +17,7 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     assert body["status"] == status
     assert body["title"]
+    assert body["type"].startswith("https://")
     assert "Traceback" not in response.text
     return body
 
@@ -40,14 +43,13 @@ async def events(engine: AsyncEngine, event_type: str) -> list[dict[str, Any]]:
         return [row.payload for row in rows]
 
 
-async def is_stale(engine: AsyncEngine, segment_id: str) -> bool:
-    async with engine.connect() as conn:
-        row = await conn.execute(
-            text("SELECT 1 FROM metrics_dirty_segments WHERE segment_id = :s"), {"s": segment_id}
-        )
-        return row.first() is not None
+async def is_stale(api: httpx.AsyncClient, segment_id: str) -> bool:
+    """The segment's KPIs wait for a change to be folded in (docs/contract.md#kpis)."""
+    response = await api.get(f"/v1/segments/{segment_id}/metrics")
+    assert response.status_code == 200, response.text
+    return bool(response.json()["stale"])
 
 
 async def clear_staleness(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(text("DELETE FROM metrics_dirty_segments"))
+    """Folds every pending change into the KPIs, as the metrics-worker does."""
+    await fold_due(engine)

@@ -1,37 +1,14 @@
 """Bad input: a precise problem-details answer, and nothing written."""
 
-import json
 import uuid
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import BaseModel, ValidationError
 
 from segment_api.pagination import encode_cursor
-from segment_api.problems import validation_problem
-from tests.api.conftest import Snapshot
-
-PROBLEM = "application/problem+json"
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["title"]
-    assert body["type"].startswith("https://")
-    assert "Traceback" not in response.text
-    return body
-
-
-async def make_segment(api: httpx.AsyncClient, name: str = "Segment") -> str:
-    response = await api.post("/v1/segments", json={"name": name})
-    assert response.status_code == 201, response.text
-    segment_id: str = response.json()["id"]
-    return segment_id
-
+from tests.api.helpers import assert_problem, make_segment
+from tests.fixtures.tables import Snapshot
 
 CUSTOMER_CASES = [
     ("email not an email", {"email": "not-an-email"}, "/email"),
@@ -459,30 +436,3 @@ async def test_sync_of_unknown_destination_or_segment(
     )
     assert_problem(await api.get(f"/v1/syncs/{uuid.uuid4()}"), 404)
     assert await row_counts() == before
-
-
-def test_union_member_names_never_reach_a_pointer() -> None:
-    """Any union pydantic reports per member (`bool`, `list[int]`, a model's name) gives one
-    entry at the place in the body, even where a key is spelled like a member."""
-
-    class Part(BaseModel):
-        size: int
-
-    class Body(BaseModel):
-        value: bool | list[int] | Part
-        by_key: dict[str, int | str]
-
-    body = {"value": {"size": "x"}, "by_key": {"int": [1], "str": 2}}
-    with pytest.raises(ValidationError) as caught:
-        Body.model_validate(body)
-    errors = [{**error, "loc": ("body", *error["loc"])} for error in caught.value.errors()]
-    assert len(errors) > 2  # one per union member
-    problem = json.loads(bytes(validation_problem(errors, "/test", body).body))
-    assert [error["pointer"] for error in problem["errors"]] == [
-        "/value",
-        "/value/size",
-        "/by_key/int",
-    ]
-    by_key = problem["errors"][2]["detail"]
-    assert "valid integer" in by_key
-    assert "valid string" in by_key

@@ -7,7 +7,6 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.api.conftest import Snapshot
 from tests.api.helpers import (
     assert_problem,
     clear_staleness,
@@ -16,6 +15,7 @@ from tests.api.helpers import (
     make_customers,
     make_segment,
 )
+from tests.fixtures.tables import Snapshot
 
 
 @pytest.mark.asyncio
@@ -219,12 +219,12 @@ async def test_reachability_changes_mark_segments_stale(
     await api.post(f"/v1/segments/{segment_id}/members", json={"external_ids": ["c1"]})
     await clear_staleness(clean_db)
     await api.put("/v1/customers/c1", json={"first_name": "Name only"})
-    assert not await is_stale(clean_db, segment_id)
+    assert not await is_stale(api, segment_id)
     await api.put("/v1/customers/c1", json={"email_status": "subscribed"})
-    assert await is_stale(clean_db, segment_id)
+    assert await is_stale(api, segment_id)
     await clear_staleness(clean_db)
     await api.post("/v1/customers/bulk", json={"customers": [{"external_id": "c1", "email": None}]})
-    assert await is_stale(clean_db, segment_id)
+    assert await is_stale(api, segment_id)
 
 
 @pytest.mark.asyncio

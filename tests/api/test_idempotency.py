@@ -14,10 +14,10 @@ from segment_api.idempotency import LEASE_SECONDS, request_digest
 from segment_api.main import create_app
 from segment_api.settings import ApiSettings
 from segments_shared.apikeys import create_key
-from tests.api.conftest import Snapshot
 from tests.api.helpers import assert_problem
 from tests.fixtures.infra import ADMIN_KEY
 from tests.fixtures.proxy import TcpProxy
+from tests.fixtures.tables import Snapshot
 
 
 async def user_segments(engine: AsyncEngine) -> int:

@@ -7,7 +7,6 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.api.conftest import Snapshot
 from tests.api.helpers import (
     assert_problem,
     clear_staleness,
@@ -16,6 +15,7 @@ from tests.api.helpers import (
     make_customers,
     make_segment,
 )
+from tests.fixtures.tables import Snapshot
 
 PLACED = "2026-01-01T10:00:00Z"
 
@@ -50,7 +50,7 @@ async def test_moving_an_order_marks_both_customers_segments_stale(
     )
     await clear_staleness(clean_db)
     await api.put("/v1/orders/o1", json={"customer_external_id": "c2"})
-    stale = [await is_stale(clean_db, segment_id) for segment_id in segments]
+    stale = [await is_stale(api, segment_id) for segment_id in segments]
     assert stale == [True, True, False]
 
 

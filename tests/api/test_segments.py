@@ -8,8 +8,8 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from segments_shared.apikeys import create_key
-from tests.api.conftest import Snapshot
 from tests.api.helpers import assert_problem, events, make_customers, make_segment
+from tests.fixtures.tables import Snapshot
 
 
 @pytest.mark.asyncio

@@ -1,10 +1,7 @@
 """The thin slice through all three services as real processes: an HTTP change reaches both
 workers through RabbitMQ and comes back as KPIs and as signed webhook batches."""
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -13,22 +10,11 @@ from tests.fakes.server import serve
 from tests.fakes.webhook import WebhookState, create_app
 from tests.fixtures.infra import ADMIN_KEY
 from tests.fixtures.processes import Suite
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 SECRET = "e2e-webhook-secret-0123456789"
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], within: float = 20.0
-) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.1)
 
 
 async def put(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +84,9 @@ async def test_change_reaches_both_workers(suite: Suite) -> None:
             body: dict[str, Any] = (await api.get(f"/v1/segments/{segment_id}/metrics")).json()
             return body
 
-        figures = await eventually(metrics, lambda m: {k: m.get(k) for k in expected} == expected)
+        figures = await eventually(
+            metrics, lambda m: {k: m.get(k) for k in expected} == expected, within=20
+        )
         assert {k: figures.get(k) for k in expected} == expected
         assert figures["computed_at"] is not None
 
@@ -169,4 +157,4 @@ async def sync_and_wait(
         body: dict[str, Any] = (await api.get(f"/v1/syncs/{run_id}")).json()
         return body
 
-    return await eventually(status, lambda r: r["status"] not in ("queued", "running"))
+    return await eventually(status, lambda r: r["status"] not in ("queued", "running"), within=20)

@@ -5,13 +5,11 @@ and content types as declared)."""
 
 import itertools
 import os
-import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
+import pytest_asyncio
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -22,7 +20,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from tests.fixtures.infra import ADMIN_KEY
-from tests.fixtures.processes import BIN, free_port
+from tests.fixtures.processes import ServiceProcess, free_port
 
 EXAMPLES = int(os.environ.get("SEGMENTS_FUZZ_EXAMPLES", "15"))
 # "Schema-valid input is accepted" cannot hold for this API: SPEC answers 422 for what no
@@ -33,8 +31,10 @@ EXAMPLES = int(os.environ.get("SEGMENTS_FUZZ_EXAMPLES", "15"))
 EXCLUDED: list[CheckFunction] = [positive_data_acceptance]
 
 
-@pytest.fixture(scope="module")
-def api_url(service_env: dict[str, str]) -> Iterator[str]:
+@pytest_asyncio.fixture(scope="module")
+async def api_url(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
     port = free_port()
     env = {
         **os.environ,
@@ -42,23 +42,12 @@ def api_url(service_env: dict[str, str]) -> Iterator[str]:
         "SEGMENTS_API_PORT": str(port),
         "SEGMENTS_LOG_LEVEL": "WARNING",
     }
-    process = subprocess.Popen([str(BIN / "segment-api")], env=env, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    api = ServiceProcess("segment-api", port, env, tmp_path_factory.mktemp("fuzz") / "api.log")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("segment-api did not become ready")
-            time.sleep(0.1)
-        yield url
+        await api.start()
+        yield api.url
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        await api.stop()
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""KPIs (SPEC section 7) on a small data set whose figures are computed by hand below."""
+"""KPIs (docs/contract.md#kpis) on a small data set whose figures are computed by hand below:
+from scratch, kept by the fold, and moved by deltas."""
 
 import uuid
 from dataclasses import dataclass
@@ -10,17 +11,19 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from metrics_worker.fold import kpi_transaction
+from metrics_worker.jobs import SOURCE, fold_once
 from metrics_worker.kpis import compute_segment_kpis
-from metrics_worker.recompute import claim_stale_segments, recompute_segment_kpis
 from metrics_worker.rfm import recompute_rfm
-from segments_shared.staleness import mark_segments_stale
+from segments_shared.changes import recording
+from segments_shared.kpis import kpis_of
 from tests.metrics.store import (
-    NOW,
     add_customer,
     add_order,
     add_segment,
     erase_customer,
-    recompute_due,
+    fold_due,
+    record,
     set_order_status,
     stored_kpis,
 )
@@ -147,9 +150,17 @@ EXPECTED: dict[str, dict[str, Any]] = {
 
 
 def figures(kpis: Any) -> dict[str, Any]:
-    event = kpis.as_event().model_dump()
+    event = kpis_of(kpis).model_dump()
     event.pop("computed_at")
     return dict(event)
+
+
+async def kept(engine: AsyncEngine, segment_id: uuid.UUID) -> dict[str, Any]:
+    """The figures the fold keeps for the segment."""
+    async with engine.connect() as conn:
+        row = await stored_kpis(conn, segment_id)
+    assert row is not None
+    return figures(row)
 
 
 @pytest.mark.asyncio
@@ -161,10 +172,12 @@ async def test_hand_computed_figures(clean_db: AsyncEngine) -> None:
 
 
 @pytest.mark.asyncio
-async def test_recomputation_stores_the_figures_and_announces_them(clean_db: AsyncEngine) -> None:
+async def test_the_fold_stores_the_figures_and_announces_them(clean_db: AsyncEngine) -> None:
     store = await build_store(clean_db)
-    claims = await recompute_due(clean_db)
-    assert {claim.segment_id for claim in claims} >= set(store.segments.values())
+    folded = await fold_due(clean_db)
+    assert set(folded.segments) >= set(store.segments.values())
+    for name, segment_id in store.segments.items():
+        assert await kept(clean_db, segment_id) == EXPECTED[name], name
     async with clean_db.connect() as conn:
         stored = await stored_kpis(conn, store.segments["main"])
         events = (
@@ -172,7 +185,7 @@ async def test_recomputation_stores_the_figures_and_announces_them(clean_db: Asy
                 text("SELECT payload FROM outbox WHERE event_type = 'metrics.updated'")
             )
         ).all()
-        marks = (await conn.execute(text("SELECT count(*) FROM metrics_dirty_segments"))).scalar()
+        marks = (await conn.execute(text("SELECT count(*) FROM metrics_changes"))).scalar()
     assert stored is not None
     assert [
         str(stored[k]) for k in ("total_revenue", "average_order_value", "order_latency_days")
@@ -192,27 +205,29 @@ async def test_recomputation_stores_the_figures_and_announces_them(clean_db: Asy
 
 
 @pytest.mark.asyncio
-async def test_cancellation_and_erasure_leave_the_figures(clean_db: AsyncEngine) -> None:
+async def test_cancellation_and_erasure_move_the_figures_by_deltas(clean_db: AsyncEngine) -> None:
     store = await build_store(clean_db)
-    await recompute_due(clean_db)
+    await fold_due(clean_db)
     async with clean_db.begin() as conn:
         # d's 10.5-day gap goes: d now has orders 0.25 and 3 days apart.
         await set_order_status(conn, store.orders["d4"], "cancelled")
-    recomputed = {claim.segment_id for claim in await recompute_due(clean_db)}
-    # Only the segments holding d were stale.
-    assert recomputed == {store.segments["main"], store.segments["d only"]}
+    moved = set((await fold_due(clean_db)).segments)
+    # Only the segments holding d moved.
+    assert moved == {store.segments["main"], store.segments["d only"]}
+    d_only = await kept(clean_db, store.segments["d only"])
     async with clean_db.connect() as conn:
-        d_only = figures(await compute_segment_kpis(conn, store.segments["d only"]))
+        assert d_only == figures(await compute_segment_kpis(conn, store.segments["d only"]))
     assert d_only["total_orders"] == 3
     assert d_only["order_latency_days"] == 1.63  # 3.25 / 2 = 1.625
 
     # Erasure (segment-api's DELETE /v1/customers/{id} does this in one transaction).
     async with clean_db.begin() as conn:
         await erase_customer(conn, store.customers["a"])
-    recomputed = {claim.segment_id for claim in await recompute_due(clean_db)}
-    assert recomputed == {store.segments["main"]}
+    moved = set((await fold_due(clean_db)).segments)
+    assert moved == {store.segments["main"]}
+    main = await kept(clean_db, store.segments["main"])
     async with clean_db.connect() as conn:
-        main = figures(await compute_segment_kpis(conn, store.segments["main"]))
+        assert main == figures(await compute_segment_kpis(conn, store.segments["main"]))
     # b, c and d remain: 4.99 + 3.00 over 4 orders and 3 members; d's gaps 0.25 and 3.
     assert main == {
         "customers": 3,
@@ -242,14 +257,14 @@ async def test_erasure_through_the_api(api: httpx.AsyncClient, clean_db: AsyncEn
         members = {"external_ids": ["x", "y", "z"] if name.endswith("one") else ["x"]}
         assert (await api.post(f"/v1/segments/{segment_id}/members", json=members)).is_success
         segments.append(segment_id)
-    await recompute_due(clean_db)
+    await fold_due(clean_db)
     async with clean_db.begin() as conn:
         assert (await recompute_rfm(conn)).inserted == 3
 
     assert (await api.delete("/v1/customers/x")).status_code == 204
     for segment_id in segments:
         assert (await api.get(f"/v1/segments/{segment_id}/metrics")).json()["stale"] is True
-    await recompute_due(clean_db)
+    await fold_due(clean_db)
     one, two = [(await api.get(f"/v1/segments/{s}/metrics")).json() for s in segments]
     # y and z remain in the first: 10.00 over 2 orders and 2 members; the second is empty.
     assert {k: one[k] for k in EXPECTED["main"]} == {
@@ -263,20 +278,21 @@ async def test_erasure_through_the_api(api: httpx.AsyncClient, clean_db: AsyncEn
     }
     assert one["stale"] is False
     assert {k: two[k] for k in EXPECTED["empty"]} == EXPECTED["empty"]
-    # The erased customer's RFM scores go with the next computation (their erasure asks for
-    # one through customer.erased), and the other buyers are scored among themselves.
+    # The erased customer's RFM scores went with the erasure; the next full computation
+    # scores the other buyers among themselves.
     async with clean_db.begin() as conn:
-        assert (await recompute_rfm(conn)).deleted <= 1
         remaining = (await conn.execute(text("SELECT count(*) FROM customer_rfm"))).scalar()
-    assert remaining == 2
+        assert remaining == 2
+        assert (await recompute_rfm(conn)).deleted == 0
 
 
 @pytest.mark.asyncio
 async def test_metrics_updated_carries_the_latest_change_s_correlation_id(
     api: httpx.AsyncClient, clean_db: AsyncEngine
 ) -> None:
-    """SPEC 8: each event carries the correlation id of the request that caused it; a
-    recomputation folding several changes carries the latest one's."""
+    """Each event carries the correlation id of the request that caused it
+    (docs/events.md#envelope-and-delivery); a recomputation folding several changes carries
+    the latest one's."""
     body = {"email": "k@example.com", "email_status": "subscribed"}
     assert (await api.put("/v1/customers/k", json=body)).status_code == 201
     segment_id = (await api.post("/v1/segments", json={"name": "Traced"})).json()["id"]
@@ -286,7 +302,7 @@ async def test_metrics_updated_carries_the_latest_change_s_correlation_id(
         headers={"X-Correlation-ID": "add-k"},
     )
     assert added.is_success
-    await recompute_due(clean_db)
+    await fold_due(clean_db)
     order = {"customer_external_id": "k", "total": "5.00", "placed_at": "2026-01-01T00:00:00Z"}
     placed = await api.put("/v1/orders/k1", json=order, headers={"X-Correlation-ID": "order-k1"})
     assert placed.status_code == 201
@@ -296,7 +312,7 @@ async def test_metrics_updated_carries_the_latest_change_s_correlation_id(
         headers={"X-Correlation-ID": "unsubscribe-k"},
     )
     assert unsubscribed.status_code == 200
-    await recompute_due(clean_db)
+    await fold_due(clean_db)
     async with clean_db.connect() as conn:
         rows = await conn.execute(
             text(
@@ -323,20 +339,24 @@ async def announced_ids(engine: AsyncEngine, segment_id: str) -> list[str | None
 
 
 @pytest.mark.asyncio
-async def test_a_change_during_a_recomputation_does_not_repeat_its_correlation_id(
+async def test_a_change_during_a_fold_waits_for_the_next_and_keeps_its_own_correlation_id(
     api: httpx.AsyncClient, clean_db: AsyncEngine
 ) -> None:
     created = await api.post(
         "/v1/segments", json={"name": "Raced"}, headers={"X-Correlation-ID": "make-raced"}
     )
-    segment_id = created.json()["id"]
-    claims = await claim_stale_segments(clean_db, "tests", limit=1000, folding=NOW)
-    (claim,) = [c for c in claims if str(c.segment_id) == segment_id]
-    assert claim.correlation_id == "make-raced"
-    # A change without a request (an admin command, the erasure sweep) lands meanwhile.
-    async with clean_db.begin() as conn:
-        await mark_segments_stale(conn, [claim.segment_id])
-    async with clean_db.begin() as conn:
-        await recompute_segment_kpis(conn, claim)
-    await recompute_due(clean_db)
-    assert await announced_ids(clean_db, segment_id) == ["make-raced", None]
+    segment_id = uuid.UUID(created.json()["id"])
+    async with kpi_transaction(clean_db) as conn, recording(conn, SOURCE) as changes:
+        await conn.execute(text("SELECT 1"))  # the fold's snapshot
+        # A change without a request (an admin command, the erasure sweep) commits
+        # meanwhile: the fold does not see it, and does not take it.
+        async with clean_db.begin() as other:
+            await record(other, lambda recorded: recorded.segment_created(segment_id))
+        await fold_once(conn, changes)
+    async with clean_db.connect() as conn:
+        waiting = (await conn.execute(text("SELECT count(*) FROM metrics_changes"))).scalar()
+    assert waiting == 1
+    assert (await api.get(f"/v1/segments/{segment_id}/metrics")).json()["stale"] is True
+    await fold_due(clean_db)
+    assert await announced_ids(clean_db, str(segment_id)) == ["make-raced", None]
+    assert (await api.get(f"/v1/segments/{segment_id}/metrics")).json()["stale"] is False

@@ -1,5 +1,5 @@
-"""RFM scores (metrics_worker/rfm.py): quintile boundaries with ties, what is written, and the
-job that runs them once per burst of order changes, on one replica at a time."""
+"""RFM scores (metrics_worker/rfm.py): quintile boundaries with ties, what is written, changed
+customers scored at once against the last full computation's boundaries, and the jobs."""
 
 import asyncio
 import os
@@ -10,10 +10,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metrics_worker.jobs import claim_job, ensure_job, fail_job, finish_job, request_job
-from metrics_worker.rfm import JOB, RfmChanges, recompute_rfm
+from metrics_worker.jobs import RfmFull, request_rfm
+from metrics_worker.rfm import RfmChanges, recompute_rfm
+from metrics_worker.settings import MetricsWorkerSettings
+from segments_shared.jobs.runner import JobRunner
 from tests.fixtures.processes import BIN
-from tests.metrics.store import add_customer, add_order, add_segment, set_order_status
+from tests.metrics.store import add_customer, add_order, add_segment, fold_due, set_order_status
 
 # customer: (placed orders, revenue, whole days since the last one) -> (R, F, M) scores.
 # Frequencies 1,1,1,1,1,1,2,2,3,4: the six one-time buyers all score 1 (no one is worse), two
@@ -143,52 +145,106 @@ async def test_only_changes_are_written_and_lapsed_buyers_leave(clean_db: AsyncE
 
 
 @pytest.mark.asyncio
-async def test_the_job_runs_on_one_replica_and_folds_requests(clean_db: AsyncEngine) -> None:
-    period, lease = 3600.0, 60.0
-    await ensure_job(clean_db, JOB)
-    # Never run: due at once, and exactly one of several replicas gets it.
-    claimed = await asyncio.gather(
-        *(claim_job(clean_db, JOB, f"w{i}", period=period, lease=lease) for i in range(4))
-    )
-    assert sorted(claimed) == [False, False, False, True]
-    winner = f"w{claimed.index(True)}"
-    # An order change during the run asks again: the run after it is not lost.
+async def test_changed_customers_are_scored_at_once_against_the_boundaries(
+    clean_db: AsyncEngine,
+) -> None:
+    ids = {}
+    for name, ((orders, revenue, days), _) in SCENARIO.items():
+        ids[name] = await add_buyer(clean_db, name, orders, revenue, days)
+    await fold_due(clean_db)
+    before = await run_rfm(clean_db)
+    assert before.inserted == 10
+    # A new buyer whose figures equal r6's (2 orders, 60.00, 10 days ago) scores as r6
+    # did; one more order makes r0 a two-order buyer: frequency 4, as r6 and r7 score.
+    twin, _ = await add_buyer(clean_db, "twin", 2, "60.00", 10)
+    last = await now(clean_db) - timedelta(days=60, hours=1)
     async with clean_db.begin() as conn:
-        await request_job(conn, JOB, within=0.3)
-        await request_job(conn, JOB, within=30)  # a later request keeps the earlier time
-    async with clean_db.begin() as conn:
-        await finish_job(conn, JOB, winner)
-    assert not await claim_job(clean_db, JOB, "w0", period=period, lease=lease)
-    await asyncio.sleep(0.4)
-    assert await claim_job(clean_db, JOB, "w0", period=period, lease=lease)
-    async with clean_db.begin() as conn:
-        await finish_job(conn, JOB, "w0")
-    assert not await claim_job(clean_db, JOB, "w1", period=period, lease=lease)
-
-    # The period makes it due again; a replica dying mid-run leaves a lease that expires.
-    assert await claim_job(clean_db, JOB, "w1", period=0.0, lease=0.2)
-    assert not await claim_job(clean_db, JOB, "w2", period=0.0, lease=0.2)
-    await asyncio.sleep(0.3)
-    assert await claim_job(clean_db, JOB, "w2", period=period, lease=lease)
-    # A failed run is retried after the retry delay.
-    await fail_job(clean_db, JOB, "w2", retry=0.2)
-    assert not await claim_job(clean_db, JOB, "w3", period=period, lease=lease)
-    await asyncio.sleep(0.3)
-    assert await claim_job(clean_db, JOB, "w3", period=period, lease=lease)
+        await add_order(conn, ids["r0"][0], "0.00", last - timedelta(days=1))
+    await fold_due(clean_db)
+    scored = await scores(clean_db)
+    assert scored["twin"] == scored["r6"] == (3, 4, 4)
+    assert scored["r0"] == (1, 4, 1)
+    # The others kept the scores of the full computation; and rules on scores learn who
+    # moved.
+    assert {k: v for k, v in scored.items() if k not in ("twin", "r0")} == {
+        name: expected for name, (_, expected) in SCENARIO.items() if name != "r0"
+    }
+    async with clean_db.connect() as conn:
+        signalled = (
+            await conn.execute(
+                text("SELECT customer_ids FROM segment_refresh_signals WHERE kind = 'rfm'")
+            )
+        ).scalars()
+        moved = {customer for ids_ in signalled if ids_ for customer in ids_}
+    assert moved == {twin, ids["r0"][0]}
 
 
 @pytest.mark.asyncio
-async def test_admin_recompute_metrics_marks_everything(
+async def test_a_bulk_load_asks_for_a_full_computation_with_a_ceiling(
+    clean_db: AsyncEngine,
+) -> None:
+    settings = MetricsWorkerSettings(rfm_debounce_seconds=0.5, rfm_max_delay_seconds=1.0)
+
+    async def due_in() -> float:
+        async with clean_db.connect() as conn:
+            seconds = (
+                await conn.execute(
+                    text("SELECT extract(epoch FROM due_at - now()) FROM jobs WHERE queue = 'rfm'")
+                )
+            ).scalar_one()
+        return float(seconds)
+
+    async with clean_db.begin() as conn:
+        await request_rfm(conn, settings)
+    assert 0.3 < await due_in() <= 0.5
+    # Bulk loads keep coming: each moves the time on, never past the ceiling.
+    for _ in range(6):
+        await asyncio.sleep(0.2)
+        async with clean_db.begin() as conn:
+            await request_rfm(conn, settings)
+    assert await due_in() < 0  # the ceiling passed: due now
+
+    # The runner carries it out: everyone scored, the boundaries kept, rules told.
+    await add_buyer(clean_db, "solo", 1, "1.00", 3)
+    runner = JobRunner(clean_db, "tests", [RfmFull(clean_db, settings)])
+    task = asyncio.create_task(runner.run())
+    try:
+        for _ in range(600):
+            async with clean_db.connect() as conn:
+                done = (
+                    await conn.execute(
+                        text("SELECT count(*) FROM jobs WHERE last_finished_at IS NOT NULL")
+                    )
+                ).scalar_one()
+            if done:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        runner.stop()
+        await task
+    assert done, "the runner did not carry the job out within 30 s"
+    assert await scores(clean_db) == {"solo": (1, 1, 1)}
+    async with clean_db.connect() as conn:
+        job = (
+            await conn.execute(
+                text("SELECT due_at - now() > interval '1 hour' FROM jobs WHERE queue = 'rfm'")
+            )
+        ).scalar_one()
+        signal = (
+            await conn.execute(
+                text("SELECT customer_ids FROM segment_refresh_signals WHERE kind = 'rfm'")
+            )
+        ).one()
+    assert job  # periodic: due again a period later
+    assert signal.customer_ids is None  # everyone may have moved
+
+
+@pytest.mark.asyncio
+async def test_admin_recompute_metrics_asks_for_a_check_and_rfm(
     clean_db: AsyncEngine, service_env: dict[str, str]
 ) -> None:
     async with clean_db.begin() as conn:
-        segment_id = await add_segment(conn, "Admin", [])
-        await conn.execute(text("DELETE FROM metrics_dirty_segments"))
-    await ensure_job(clean_db, JOB)
-    assert await claim_job(clean_db, JOB, "w", period=3600, lease=60)
-    async with clean_db.begin() as conn:
-        await finish_job(conn, JOB, "w")
-
+        await add_segment(conn, "Admin", [])
     process = await asyncio.create_subprocess_exec(
         str(BIN / "segments-admin"),
         "recompute-metrics",
@@ -197,10 +253,10 @@ async def test_admin_recompute_metrics_marks_everything(
     )
     out, _ = await process.communicate()
     assert process.returncode == 0
-    assert out.decode().strip() == "marked 6 segments for recomputation"  # and the 5 defaults
+    # The new segment and the 5 defaults.
+    assert out.decode().strip() == "asked for a check of 6 segments and RFM scores"
     async with clean_db.connect() as conn:
-        marked = (
-            await conn.execute(text("SELECT segment_id FROM metrics_dirty_segments"))
+        due = (
+            await conn.execute(text("SELECT queue FROM jobs WHERE due_at <= now() ORDER BY queue"))
         ).scalars()
-        assert segment_id in set(marked)
-    assert await claim_job(clean_db, JOB, "w", period=3600, lease=60)
+        assert list(due) == ["kpi_check", "rfm"]

@@ -1,4 +1,5 @@
-"""`stale` exactly as SPEC section 7 says, and how marks fold into recomputations."""
+"""`stale` exactly as docs/contract.md#kpis says: true from the commit of a change that
+affects a segment's KPIs until the commit of the fold that takes it in."""
 
 import asyncio
 from typing import Any
@@ -8,15 +9,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metrics_worker.recompute import (
-    Folding,
-    claim_stale_segments,
-    mark_uncomputed_segments,
-    recompute_segment_kpis,
-    seconds_until_due,
-)
-from segments_shared.staleness import mark_segments_stale
-from tests.metrics.store import NOW, add_segment, is_marked, recompute_due
+from metrics_worker.jobs import KpiFold
+from metrics_worker.settings import MetricsWorkerSettings
+from tests.metrics.store import fold_due
 
 
 async def metrics(api: httpx.AsyncClient, segment_id: str) -> dict[str, Any]:
@@ -48,7 +43,7 @@ async def test_stale_until_each_change_is_folded_in(
         [k for k in before if k != "stale"]
     )
 
-    await recompute_due(clean_db)
+    await fold_due(clean_db)
     figures = await metrics(api, segment_id)
     assert (figures["stale"], figures["customers"], figures["total_revenue"]) == (False, 0, "0.00")
 
@@ -81,80 +76,48 @@ async def test_stale_until_each_change_is_folded_in(
         response = await api.request(method, path, json=body)
         assert response.status_code in (200, 201), (name, response.text)
         assert (await metrics(api, segment_id))["stale"] is affects, name
-        await recompute_due(clean_db)
+        await fold_due(clean_db)
         assert (await metrics(api, segment_id))["stale"] is False, name
 
 
 @pytest.mark.asyncio
-async def test_a_change_during_the_recomputation_keeps_the_mark(clean_db: AsyncEngine) -> None:
-    async with clean_db.begin() as conn:
-        segment_id = await add_segment(conn, "Moving", [])
-    [claim] = await claim_stale_segments(clean_db, "w1", limit=10, folding=NOW)
-    async with clean_db.begin() as conn:
-        await mark_segments_stale(conn, [segment_id])  # a change commits meanwhile
-    async with clean_db.begin() as conn:
-        assert await recompute_segment_kpis(conn, claim)
+async def test_changes_are_folded_a_debounce_after_the_first(clean_db: AsyncEngine) -> None:
+    """A burst folds into one fold: the first change not yet folded sets the time, later
+    ones do not postpone it (a steady stream is folded that often)."""
+    fold = KpiFold(clean_db, MetricsWorkerSettings(metrics_debounce_seconds=0.5))
+
+    async def due_in() -> float | None:
+        async with clean_db.connect() as conn:
+            value = await conn.execute(
+                text("SELECT extract(epoch FROM due_at - now()) FROM jobs WHERE queue = 'kpi_fold'")
+            )
+            seconds = value.scalar()
+        return None if seconds is None else float(seconds)
+
+    await fold.prepare(clean_db)  # at start: the segments never computed are pending
+    first = await due_in()
+    assert first is not None
+    assert 0.3 < first <= 0.5
+    await asyncio.sleep(0.2)
+    # Looked again at most once per debounce: the wait until the next look comes back.
+    wait = await fold.prepare(clean_db)
+    assert wait is not None
+    assert 0.0 < wait <= 0.3
+    await asyncio.sleep(wait)
+    assert await fold.prepare(clean_db) is None  # looks, and asks for the fold again
+    later = await due_in()
+    assert later is not None
+    assert later <= first - 0.4  # not moved on by the later request
+
+
+@pytest.mark.asyncio
+async def test_segments_never_computed_are_computed(clean_db: AsyncEngine) -> None:
+    # The default segments of the first migration lost their figures with the tables.
     async with clean_db.connect() as conn:
-        assert await is_marked(conn, segment_id)  # still stale: that change is not folded in
-        row = (await conn.execute(text("SELECT claimed_until FROM metrics_dirty_segments"))).one()
-        assert row.claimed_until is None  # and at once claimable again
-    assert [c.segment_id for c in await recompute_due(clean_db)] == [segment_id]
-    async with clean_db.connect() as conn:
-        assert not await is_marked(conn, segment_id)
-
-
-@pytest.mark.asyncio
-async def test_replicas_claim_disjoint_segments(clean_db: AsyncEngine) -> None:
-    async with clean_db.begin() as conn:
-        ids = [await add_segment(conn, f"Shared {i}", []) for i in range(20)]
-    claims = await asyncio.gather(
-        *(claim_stale_segments(clean_db, f"w{i}", limit=5, folding=NOW) for i in range(5))
-    )
-    claimed = [claim.segment_id for batch in claims for claim in batch]
-    assert sorted(claimed) == sorted(ids)  # each exactly once
-    # Claimed marks are leased: nobody else takes them, and they stay stale until done.
-    assert await claim_stale_segments(clean_db, "late", limit=50, folding=NOW) == []
-
-
-@pytest.mark.asyncio
-async def test_a_burst_is_due_once_it_pauses_or_after_the_max_delay(
-    clean_db: AsyncEngine,
-) -> None:
-    folding = Folding(debounce=0.6, max_delay=1.5)
-    async with clean_db.begin() as conn:
-        segment_id = await add_segment(conn, "Burst", [])
-    assert await claim_stale_segments(clean_db, "w", limit=5, folding=folding) == []
-    until = await seconds_until_due(clean_db, folding)
-    assert until is not None
-    assert 0 < until <= 0.6
-    await asyncio.sleep(0.7)  # quiet for longer than the debounce
-    [claim] = await claim_stale_segments(clean_db, "w", limit=5, folding=folding)
-    async with clean_db.begin() as conn:
-        await recompute_segment_kpis(conn, claim)
-
-    # A steady stream (a change every 0.05 s or so) is folded, then computed at the max delay.
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    claimed_at = None
-    while loop.time() - started < 4.0:
-        async with clean_db.begin() as conn:
-            await mark_segments_stale(conn, [segment_id])
-        if await claim_stale_segments(clean_db, "w", limit=5, folding=folding):
-            claimed_at = loop.time() - started
-            break
-        await asyncio.sleep(0.05)
-    assert claimed_at is not None
-    assert 1.4 <= claimed_at < 2.6
-
-
-@pytest.mark.asyncio
-async def test_segments_never_computed_get_marked(clean_db: AsyncEngine) -> None:
-    # The default segments of the first migration have neither figures nor marks.
-    async with clean_db.begin() as conn:
-        defaults = (await conn.execute(text("SELECT id FROM segments"))).scalars().all()
-        assert await mark_uncomputed_segments(conn) == len(defaults) == 5
-        assert await mark_uncomputed_segments(conn) == 0
-    recomputed = await recompute_due(clean_db)
-    assert {claim.segment_id for claim in recomputed} == set(defaults)
-    async with clean_db.begin() as conn:
-        assert await mark_uncomputed_segments(conn) == 0
+        defaults = set((await conn.execute(text("SELECT id FROM segments"))).scalars())
+    assert len(defaults) == 5
+    fold = KpiFold(clean_db, MetricsWorkerSettings())
+    await fold.prepare(clean_db)
+    assert set((await fold_due(clean_db)).segments) == defaults
+    await fold.prepare(clean_db)  # only once per start
+    assert (await fold_due(clean_db)).segments == []

@@ -1,7 +1,5 @@
 """Helpers of the rule and target-group tests."""
 
-import asyncio
-import time
 from typing import Any
 
 import httpx
@@ -9,29 +7,30 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.api.helpers import make_customers
+from tests.support.waiting import eventually
 
 
 async def settled(engine: AsyncEngine, within: float = 15.0) -> None:
     """Wait until every change is folded in and no refresh is queued or running (debounced
     ones included: the rule tests debounce by 0.3 s)."""
-    deadline = time.monotonic() + within
-    while True:
+
+    async def busy() -> int:
         # One statement, one snapshot: counted one after another, a fold committing between
         # the first count and the second (signals taken, refreshes queued) looked settled.
         async with engine.connect() as conn:
-            busy = (
-                await conn.execute(
-                    text(
-                        "SELECT (SELECT count(*) FROM segment_refreshes)"
-                        " + (SELECT count(*) FROM segment_refresh_signals)"
-                        " + (SELECT count(*) FROM segments WHERE status = 'building' AND active)"
-                    )
+            count = await conn.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM jobs WHERE queue = 'rule_refresh')"
+                    " + (SELECT count(*) FROM segment_refresh_signals)"
+                    " + (SELECT count(*) FROM rule_refresh_pending)"
+                    " + (SELECT count(*) FROM segments WHERE status = 'building' AND active)"
                 )
-            ).scalar_one()
-        if busy == 0:
-            return
-        assert time.monotonic() < deadline, "refreshes did not settle"
-        await asyncio.sleep(0.02)
+            )
+            return int(count.scalar_one())
+
+    assert await eventually(busy, lambda n: n == 0, within, every=0.02) == 0, (
+        "refreshes did not settle"
+    )
 
 
 async def member_ids(api: httpx.AsyncClient, segment_id: str) -> set[str]:

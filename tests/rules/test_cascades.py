@@ -28,11 +28,17 @@ async def counts(engine: AsyncEngine, segment_id: str) -> tuple[int, int]:
         return int(member_count), int(rows)
 
 
-async def stale_marks(engine: AsyncEngine) -> dict[str, int]:
-    """Each segment marked for a KPI recomputation, with its mark's generation."""
+async def recorded_exits(engine: AsyncEngine) -> dict[str, list[int]]:
+    """Who left each segment, by the changes waiting for the KPI fold (the refresher takes
+    the rules' signals as they come)."""
     async with engine.connect() as conn:
-        rows = await conn.execute(text("SELECT segment_id, generation FROM metrics_dirty_segments"))
-        return {str(segment_id): int(generation) for segment_id, generation in rows}
+        kpis = await conn.execute(
+            text("SELECT segment_id, exited FROM metrics_changes WHERE exited IS NOT NULL")
+        )
+        exits: dict[str, list[int]] = {}
+        for segment_id, ids in kpis:
+            exits.setdefault(str(segment_id), []).extend(ids)
+        return exits
 
 
 @pytest.mark.asyncio
@@ -44,14 +50,17 @@ async def test_deleting_customers_or_segments_deletes_their_memberships(
     for segment_id in (kept, dropped):
         await api.post(f"/v1/segments/{segment_id}/members", json={"external_ids": ["a", "b"]})
     # A deletion behind the API's back (as a data fix would do) still cascades, with an
-    # exact count, a history entry and the KPIs marked stale.
-    marks_before = await stale_marks(clean_db)
+    # exact count, a history entry, and the exit recorded for the KPIs and the rules.
     async with clean_db.begin() as conn:
+        a = (
+            await conn.execute(text("SELECT id FROM customers WHERE external_id = 'a'"))
+        ).scalar_one()
+        await conn.execute(text("DELETE FROM metrics_changes"))
+        await conn.execute(text("DELETE FROM segment_refresh_signals"))
         await conn.execute(text("DELETE FROM customers WHERE external_id = 'a'"))
     assert await counts(clean_db, kept) == (1, 1)
-    marks_after = await stale_marks(clean_db)
-    assert {kept, dropped} <= set(marks_after)
-    assert all(marks_after[s] == marks_before.get(s, 0) + 1 for s in (kept, dropped))
+    exits = await recorded_exits(clean_db)
+    assert (exits[kept], exits[dropped]) == ([a], [a])
     history = (await api.get(f"/v1/segments/{kept}/history")).json()["items"]
     assert (history[0]["exited"], history[0]["cause"], history[0]["member_count"]) == (
         1,
@@ -90,8 +99,9 @@ async def test_an_erasure_waits_for_membership_inserts_in_flight_then_sweeps(
                 waiting = (
                     await conn.execute(
                         text(
-                            "SELECT count(*) FROM pg_locks "
-                            "WHERE locktype = 'advisory' AND NOT granted"
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                            "AND NOT granted AND database = (SELECT oid FROM pg_database "
+                            "WHERE datname = current_database())"
                         )
                     )
                 ).scalar()

@@ -30,9 +30,9 @@ async def queued(engine: AsyncEngine) -> dict[str, tuple[str, float]]:
     async with engine.connect() as conn:
         rows = await conn.execute(
             text(
-                "SELECT s.name, r.cause, extract(epoch FROM r.due_at - now()) "
-                "FROM segment_refreshes r JOIN segments s ON s.id = r.segment_id "
-                "WHERE s.kind <> 'default'"
+                "SELECT s.name, j.payload->>'cause', extract(epoch FROM j.due_at - now()) "
+                "FROM jobs j JOIN segments s ON s.id = j.segment_id "
+                "WHERE j.queue = 'rule_refresh' AND s.kind <> 'default'"
             )
         )
         return {name: (cause, float(due)) for name, cause, due in rows}

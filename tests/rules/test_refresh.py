@@ -13,9 +13,10 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from segment_api.rules import queue
-from segment_api.rules.refresher import RuleRefresher
+from segment_api.rules.refresher import rule_runner
+from segment_api.rules.requests import QUEUE, request_refresh
 from segment_api.rules.settings import RefreshSettings
+from segments_shared.jobs import store
 from tests.api.helpers import assert_problem, events, make_segment
 from tests.rules.helpers import make_customers, make_rule_segment, member_ids, place_orders, settled
 
@@ -143,7 +144,8 @@ async def test_the_old_membership_stays_readable_while_building(
         for _ in range(100):
             waiting = await scalar(
                 clean_db,
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             )
             if waiting:
                 break
@@ -235,7 +237,9 @@ async def test_inactive_segments_are_not_refreshed(
     assert await member_ids(api, segment_id) == {"a", "c"}
     assert (
         await scalar(
-            clean_db, "SELECT count(*) FROM segment_refreshes WHERE segment_id = :s", s=segment_id
+            clean_db,
+            "SELECT count(*) FROM jobs WHERE queue = 'rule_refresh' AND segment_id = :s",
+            s=segment_id,
         )
         == 0
     )
@@ -261,8 +265,9 @@ async def test_relative_dates_and_rfm_rules_are_refreshed_on_schedule(
     await settled(clean_db)
     async with clean_db.begin() as conn:
         await conn.execute(text("UPDATE segments SET refreshed_at = now() - interval '2 hours'"))
+        # What a full RFM computation signals: everyone's scores may have moved.
         await conn.execute(
-            text("INSERT INTO scheduled_jobs (name, last_finished_at) VALUES ('rfm', now())")
+            text("INSERT INTO segment_refresh_signals (kind, customer_ids) VALUES ('rfm', NULL)")
         )
     await asyncio.sleep(0.2)
     await settled(clean_db)
@@ -359,10 +364,15 @@ async def test_replicas_share_the_queue_and_take_over_expired_leases(
     app: FastAPI, api: httpx.AsyncClient, clean_db: AsyncEngine, refresh_settings: RefreshSettings
 ) -> None:
     await gold_and_silver(api)
-    segments = [await make_rule_segment(api, f"Gold {i}", GOLD) for i in range(6)]
-    replicas = [RuleRefresher(clean_db, refresh_settings) for _ in range(2)]
-    await asyncio.gather(*(replica.run_once() for replica in replicas))
-    await settled(clean_db)
+    replicas = [rule_runner(clean_db, refresh_settings, f"replica-{i}") for i in range(2)]
+    tasks = [asyncio.create_task(replica.run()) for replica in replicas]
+    try:
+        segments = [await make_rule_segment(api, f"Gold {i}", GOLD) for i in range(6)]
+        await settled(clean_db)
+    finally:
+        for replica in replicas:
+            replica.stop()
+        await asyncio.gather(*tasks)
     for segment_id in segments:
         assert [h["cause"] for h in await history(api, segment_id)] == ["created"]
         assert await member_ids(api, segment_id) == {"a", "c"}
@@ -370,17 +380,18 @@ async def test_replicas_share_the_queue_and_take_over_expired_leases(
     # A replica claims a refresh and dies: once its lease expires, another takes it over.
     async with clean_db.begin() as conn:
         await conn.execute(text("UPDATE customers SET attributes = '{}' WHERE external_id = 'c'"))
-        await queue.request_refresh(conn, uuid.UUID(segments[0]), "refresh_requested")
-        (claimed,) = await queue.claim(conn, "dead-replica", limit=1, lease=0.3)
-    assert claimed.segment_id.hex == segments[0].replace("-", "")
+        await request_refresh(conn, uuid.UUID(segments[0]), "refresh_requested")
+        (claimed,) = await store.claim(conn, QUEUE, "dead-replica", limit=1, lease=0.3)
+    assert claimed.key == segments[0]
     await asyncio.sleep(0.1)
     assert await member_ids(api, segments[0]) == {"a", "c"}  # still its claim
     await asyncio.sleep(0.4)
     await settled(clean_db)
     assert await member_ids(api, segments[0]) == {"a"}
     async with clean_db.begin() as conn:  # the dead replica's late finish changes nothing
-        await queue.finish(conn, claimed, "dead-replica", refreshed=True)
-    assert await scalar(clean_db, "SELECT count(*) FROM segment_refreshes") == 0
+        await store.finish(conn, claimed, "dead-replica")
+        assert not await store.retry(conn, claimed, "dead-replica", delay=0, error="late")
+    assert await scalar(clean_db, "SELECT count(*) FROM jobs WHERE queue = 'rule_refresh'") == 0
 
 
 @pytest.mark.asyncio
@@ -412,13 +423,19 @@ async def test_a_stored_rule_that_no_longer_validates_is_skipped_once(
             ),
             {"definition": json.dumps({"type": "rule", "rule": rule})},
         )
-    replica = RuleRefresher(clean_db, refresh_settings)
+    replica = rule_runner(clean_db, refresh_settings, "replica")
     with caplog.at_level(logging.ERROR, logger="segment_api.rules.refresh"):
-        for _ in range(3):
-            await replica.run_once()
+        task = asyncio.create_task(replica.run())
+        try:
+            await settled(clean_db)
+            await asyncio.sleep(5 * refresh_settings.rule_refresh_poll_seconds)  # passes
+            await settled(clean_db)
+        finally:
+            replica.stop()
+            await task
     invalid = [
         r for r in caplog.records if r.getMessage() == "stored rule is invalid; not refreshing"
     ]
     assert len(invalid) == 1
-    assert await scalar(clean_db, "SELECT count(*) FROM segment_refreshes") == 0
+    assert await scalar(clean_db, "SELECT count(*) FROM jobs") == 0
     assert await scalar(clean_db, "SELECT status FROM segments WHERE name = 'Old'") == "ready"

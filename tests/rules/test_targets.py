@@ -1,5 +1,5 @@
-"""Target-group operations (SPEC section 5.2): results against plain set arithmetic,
-determinism, sources left alone, and bad input refused with nothing written."""
+"""Target-group operations (docs/rules.md#target-group-operations): results against plain
+set arithmetic, determinism, sources left alone, and bad input refused with nothing written."""
 
 import asyncio
 import random

@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from segment_api.main import create_app
 from segment_api.settings import ApiSettings
-from segments_shared.bus.consumer import EventConsumer
+from segments_shared.bus.consumer import EventConsumer, Handler
 from segments_shared.bus.outbox import add_events
 from segments_shared.bus.relay import OutboxRelay
-from segments_shared.bus.topology import Topology
+from segments_shared.bus.topology import SERVICE_BINDINGS, Topology
 from segments_shared.events import (
     CustomerChanged,
     CustomerIds,
@@ -35,6 +35,15 @@ from tests.fixtures.infra import ADMIN_KEY, AMQP_URL
 from tests.fixtures.proxy import TcpProxy
 
 SERVICE = "metrics-worker"
+# A handler's side effect, written in its transaction: a job row in a queue of the tests' own.
+RECORD_SIDE_EFFECT = text("INSERT INTO jobs (queue, key) VALUES ('tests', :n)")
+SIDE_EFFECTS = text("SELECT key FROM jobs WHERE queue = 'tests'")
+
+
+def every_bound_type(handler: Handler) -> dict[str, Handler]:
+    """The one handler for every type the service's queue binds (the consumer refuses fewer);
+    the tests publish `customer.changed` only."""
+    return dict.fromkeys(SERVICE_BINDINGS[SERVICE], handler)
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
@@ -141,10 +150,10 @@ async def test_same_event_delivered_twice_is_processed_once(
 
     async def handler(conn: AsyncConnection, event: Event) -> None:
         calls.append(event.id)
-        await conn.execute(text("INSERT INTO scheduled_jobs (name) VALUES (:n)"), {"n": event.id})
+        await conn.execute(RECORD_SIDE_EFFECT, {"n": event.id})
 
     topology = Topology(bus_prefix)
-    consumer = EventConsumer(clean_db, AMQP_URL, topology, SERVICE, {"customer.changed": handler})
+    consumer = EventConsumer(clean_db, AMQP_URL, topology, SERVICE, every_bound_type(handler))
     task = asyncio.create_task(consumer.run())
     event = customer_changed("twice")
     channel = await broker.channel()
@@ -167,7 +176,7 @@ async def test_same_event_delivered_twice_is_processed_once(
     await task
     assert calls == [event.id]
     async with clean_db.connect() as conn:
-        rows = (await conn.execute(text("SELECT name FROM scheduled_jobs"))).scalars().all()
+        rows = (await conn.execute(SIDE_EFFECTS)).scalars().all()
     assert rows == [event.id]
 
 
@@ -179,11 +188,11 @@ async def test_failing_event_is_dead_lettered_after_the_delivery_limit_and_repla
 
     async def handler(conn: AsyncConnection, event: Event) -> None:
         attempts.append(event.id)
-        await conn.execute(text("INSERT INTO scheduled_jobs (name) VALUES ('rolled-back')"))
+        await conn.execute(RECORD_SIDE_EFFECT, {"n": "rolled-back"})
         raise RuntimeError("handler keeps failing")
 
     topology = Topology(bus_prefix)
-    consumer = EventConsumer(clean_db, AMQP_URL, topology, SERVICE, {"customer.changed": handler})
+    consumer = EventConsumer(clean_db, AMQP_URL, topology, SERVICE, every_bound_type(handler))
     task = asyncio.create_task(consumer.run())
     async with clean_db.begin() as conn:
         await add_events(conn, [customer_changed("poisonous")])
@@ -196,10 +205,11 @@ async def test_failing_event_is_dead_lettered_after_the_delivery_limit_and_repla
     consumer.stop()
     relay.stop()
     await asyncio.gather(task, relay_task)
-    # The first delivery and five redeliveries, then the dead-letter queue (SPEC section 8).
+    # The first delivery and five redeliveries, then the dead-letter queue
+    # (docs/events.md#queues-of-the-suite).
     assert len(attempts) == 6
     async with clean_db.connect() as conn:
-        assert (await conn.execute(text("SELECT count(*) FROM scheduled_jobs"))).scalar() == 0
+        assert (await conn.execute(SIDE_EFFECTS)).all() == []
         assert (await conn.execute(text("SELECT count(*) FROM inbox"))).scalar() == 0
 
     env = {**os.environ, **service_env}
@@ -232,7 +242,7 @@ async def test_unparseable_message_goes_straight_to_the_dead_letter_queue(
         calls.append(event.id)
 
     topology = Topology(bus_prefix)
-    consumer = EventConsumer(clean_db, AMQP_URL, topology, SERVICE, {"customer.changed": handler})
+    consumer = EventConsumer(clean_db, AMQP_URL, topology, SERVICE, every_bound_type(handler))
     task = asyncio.create_task(consumer.run())
     channel = await broker.channel()
     exchange = await channel.get_exchange(topology.events_exchange, ensure=False)

@@ -22,7 +22,15 @@ from segments_shared.bus.topology import Topology
 from segments_shared.events import Event
 from segments_shared.health import Dependency, create_health_app, flag_check
 from tests.fixtures.infra import AMQP_URL
-from tests.shared.test_bus import customer_changed, queue_depth, take, wait_for
+from tests.shared.test_bus import (
+    RECORD_SIDE_EFFECT,
+    SIDE_EFFECTS,
+    customer_changed,
+    every_bound_type,
+    queue_depth,
+    take,
+    wait_for,
+)
 
 SERVICE = "metrics-worker"
 
@@ -76,7 +84,7 @@ class Recorder:
         self.calls.append(event.id)
         self.started.set()
         await self.release.wait()
-        await conn.execute(text("INSERT INTO scheduled_jobs (name) VALUES (:n)"), {"n": event.id})
+        await conn.execute(RECORD_SIDE_EFFECT, {"n": event.id})
 
 
 @pytest_asyncio.fixture
@@ -85,7 +93,7 @@ async def running(
 ) -> AsyncIterator[tuple[EventConsumer, Recorder]]:
     recorder = Recorder()
     topology = Topology(bus_prefix)
-    consumer = EventConsumer(clean_db, AMQP_URL, topology, SERVICE, {"customer.changed": recorder})
+    consumer = EventConsumer(clean_db, AMQP_URL, topology, SERVICE, every_bound_type(recorder))
     task = asyncio.create_task(consumer.run())
     await wait_for(lambda: _true(consumer.broker_connected))
     yield consumer, recorder
@@ -150,7 +158,7 @@ async def test_message_in_flight_when_the_channel_closes_is_processed_once(
     await asyncio.sleep(0.3)  # room for a wrongly repeated side effect to show
     assert set(recorder.calls) == {event.id}
     async with clean_db.connect() as conn:
-        rows = (await conn.execute(text("SELECT name FROM scheduled_jobs"))).scalars().all()
+        rows = (await conn.execute(SIDE_EFFECTS)).scalars().all()
     assert rows == [event.id]
     assert await inbox_count(clean_db) == 1
 

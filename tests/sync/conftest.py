@@ -14,8 +14,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from segments_shared.db.engine import create_engine
+from segments_shared.jobs.runner import JobRunner
 from segments_shared.secrets import SecretBox
-from sync_worker.runner import SyncRunner
+from sync_worker.runner import SyncRuns, sync_runner
 from sync_worker.settings import SyncWorkerSettings
 
 T = TypeVar("T")
@@ -52,13 +53,15 @@ def worker_settings(service_env: dict[str, str], **overrides: Any) -> SyncWorker
 
 @dataclass
 class Worker:
-    runner: SyncRunner
+    runner: JobRunner
+    runs: SyncRuns
     task: "asyncio.Task[None]"
     engine: AsyncEngine
 
     async def stop(self) -> None:
         self.runner.stop()
         await self.task
+        await self.runs.aclose()
         await self.engine.dispose()
 
 
@@ -66,8 +69,8 @@ async def start_worker(service_env: dict[str, str], **overrides: Any) -> Worker:
     settings = worker_settings(service_env, **overrides)
     engine = create_engine(settings, pool_size=6)
     secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
-    runner = SyncRunner(engine, settings, SecretBox(secret), f"test-{uuid.uuid4().hex[:8]}")
-    return Worker(runner, asyncio.create_task(runner.run()), engine)
+    runner, runs = sync_runner(engine, settings, SecretBox(secret), f"test-{uuid.uuid4().hex[:8]}")
+    return Worker(runner, runs, asyncio.create_task(runner.run()), engine)
 
 
 @dataclass
@@ -174,10 +177,14 @@ async def harness(
 
 
 async def run_row(engine: AsyncEngine, run_id: str) -> Any:
-    """The run's row as the worker sees it (`attempts`, `lease_owner`, `lease_expires_at`)."""
+    """The run's row with its job as the worker sees it: `attempts` (the job's while it has
+    one, the run's record of its latest claim after), `lease_owner`, `lease_expires_at`."""
     async with engine.connect() as conn:
         statement = text(
-            "SELECT *, lease_expires_at < now() AS expired FROM sync_runs WHERE id = :id"
+            "SELECT r.*, coalesce(j.attempts, r.attempts) AS attempts, j.lease_owner, "
+            "j.lease_expires_at, j.lease_expires_at < now() AS expired "
+            "FROM sync_runs r LEFT JOIN jobs j ON j.queue = 'sync_run' AND j.sync_run_id = r.id "
+            "WHERE r.id = :id"
         )
         return (await conn.execute(statement, {"id": run_id})).one()
 

@@ -9,14 +9,26 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from segments_shared.jobs import store
 from sync_worker import runs
 from tests.sync.test_syncs_api import destination, production_and_staging, segment
 
 
 async def claim(engine: AsyncEngine) -> str | None:
     # A claim that waited for the deletion's lock would hang here: it must skip, not wait.
-    run = await asyncio.wait_for(runs.claim_next_run(engine, "test-worker", 30.0), 10)
-    return None if run is None else str(run.id)
+    async def claimed() -> list[store.Claim]:
+        async with engine.begin() as conn:
+            return await store.claim(
+                conn,
+                runs.QUEUE,
+                "test-worker",
+                limit=1,
+                lease=30.0,
+                claim_filter=runs.CLAIM_FILTER,
+            )
+
+    jobs = await asyncio.wait_for(claimed(), 10)
+    return jobs[0].key if jobs else None
 
 
 async def being_deleted(engine: AsyncEngine, table: str, row_id: str) -> str | None:

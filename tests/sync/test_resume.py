@@ -57,12 +57,14 @@ async def test_incremental_run_resumes_after_losing_its_lease(
             return int(value or 0)
 
     assert await eventually(position, lambda p: p > 0, within=30) > 0
-    # Another worker "takes over": ours loses its lease mid-plan and hands the run back.
+    # Another worker "takes over" and dies: ours loses its lease mid-plan (its writes no
+    # longer hold), and claims the run again once the ghost's lease has expired.
     async with harness.engine.begin() as conn:
         await conn.execute(
             text(
-                "UPDATE sync_runs SET lease_owner = 'ghost', "
-                "lease_expires_at = now() - interval '1 second' WHERE id = :id"
+                "UPDATE jobs SET lease_owner = 'ghost', generation = generation + 1, "
+                "attempts = attempts + 1, lease_expires_at = now() + interval '1 second' "
+                "WHERE sync_run_id = :id"
             ),
             {"id": run_id},
         )
@@ -77,9 +79,9 @@ async def test_incremental_run_resumes_after_losing_its_lease(
             await conn.execute(
                 text("SELECT attempts FROM sync_runs WHERE id = :id"), {"id": run_id}
             )
-        ).scalar_one()
+        ).scalar_one()  # as of its latest claim: ours, the ghost's, ours again
         leftovers = (await conn.execute(text("SELECT count(*) FROM sync_run_plan"))).scalar_one()
-    assert attempts == 2
+    assert attempts == 3
     assert leftovers == 0
 
 

@@ -1,5 +1,6 @@
-"""The retry policy's wait (DESTINATIONS.md, general rules): `Retry-After` when the vendor
-gives it; SendGrid's `X-RateLimit-Reset` on a 429 only; otherwise full-jitter backoff."""
+"""The retry policy's wait (docs/vendors.md#retries-and-backoff): `Retry-After` when the
+vendor gives it; SendGrid's `X-RateLimit-Reset` on a 429 only; otherwise full-jitter
+backoff."""
 
 import logging
 import time
@@ -67,7 +68,7 @@ async def test_a_sendgrid_5xx_backs_off_instead_of_waiting_for_the_window(
     retried = [r for r in caplog.records if r.getMessage() == "vendor request retried"]
     assert len(retried) == 2
     assert all("HTTP 500" in getattr(r, "reason", "") for r in retried)
-    cap = harness.worker.runner.policy.cap_seconds  # 0.2 s in these tests
+    cap = harness.worker.runs.policy.cap_seconds  # 0.2 s in these tests
     waits = [float(getattr(r, "wait_s", -1)) for r in retried]
     assert all(0 <= wait <= cap for wait in waits), waits
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.fakes.commerce import CommerceState
-from tests.test_fakes.running import Running
+from tests.unit.test_fakes.running import Running
 
 Fake = Running[CommerceState]
 

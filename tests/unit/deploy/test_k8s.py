@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.sources import (
+from tests.unit.deploy.sources import (
     DOCUMENTED_VARIABLES,
     K8S_DIR,
     LONG_RUNNING,

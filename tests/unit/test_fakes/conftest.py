@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest_asyncio
 
 from tests.fakes import commerce, klaviyo, mailchimp, sendgrid, webhook
-from tests.test_fakes.running import KLAVIYO_REVISION, Running, basic, running
+from tests.unit.test_fakes.running import KLAVIYO_REVISION, Running, basic, running
 
 
 @pytest_asyncio.fixture

@@ -19,7 +19,7 @@ from segment_api.settings import ApiSettings
 from segments_shared.config import DatabaseSettings
 from sync_worker.settings import SyncWorkerSettings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 K8S_DIR = ROOT / "deploy" / "k8s"

@@ -7,7 +7,6 @@ import contextlib
 import json
 import re
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 
@@ -16,14 +15,8 @@ import pytest
 
 from tests.fakes.openapi import REPO_ROOT
 from tests.fakes.webhook import sign
-from tests.test_fakes.running import basic
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests.fixtures.processes import free_port
+from tests.unit.test_fakes.running import basic
 
 
 @contextlib.asynccontextmanager

@@ -21,7 +21,7 @@ from tests.fakes import klaviyo, sendgrid
 from tests.fakes.app import Vendor
 from tests.fakes.openapi import SPECS_DIR_VARIABLE, VendorSpec, compile_operation, specs_dir
 from tests.fakes.schema import SchemaCompiler, UnsupportedSchema, pointer
-from tests.test_fakes.running import KLAVIYO_REVISION, requires_specs, running
+from tests.unit.test_fakes.running import KLAVIYO_REVISION, requires_specs, running
 
 LIST_ID = "ca7a3796-e8a8-4029-9ccb-df8937940562"
 PROFILE = {"type": "profile", "attributes": {"email": "a@example.com", "first_name": "A"}}

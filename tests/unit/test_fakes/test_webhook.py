@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.fakes.webhook import WebhookState, sign
-from tests.test_fakes.running import Running
+from tests.unit.test_fakes.running import Running
 
 Fake = Running[WebhookState]
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.fakes.sendgrid import SendGridState
-from tests.test_fakes.running import Running, requires_specs
+from tests.unit.test_fakes.running import Running, requires_specs
 
 Fake = Running[SendGridState]
 

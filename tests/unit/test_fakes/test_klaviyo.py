@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.fakes.klaviyo import JSON_API, KlaviyoState, parse_filter
-from tests.test_fakes.running import KLAVIYO_REVISION, Running, requires_specs
+from tests.unit.test_fakes.running import KLAVIYO_REVISION, Running, requires_specs
 
 Fake = Running[KlaviyoState]
 

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 
 from tests.fakes import commerce, klaviyo, mailchimp, sendgrid, webhook
 from tests.fakes.state import FakeState
-from tests.test_fakes.running import KLAVIYO_REVISION, Running, basic, running
+from tests.unit.test_fakes.running import KLAVIYO_REVISION, Running, basic, running
 
 CommerceFake = Running[commerce.CommerceState]
 MailchimpFake = Running[mailchimp.MailchimpState]

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.fakes.mailchimp import MailchimpState, subscriber_hash
-from tests.test_fakes.running import Running
+from tests.unit.test_fakes.running import Running
 
 Fake = Running[MailchimpState]
 

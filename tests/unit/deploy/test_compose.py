@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.deploy.sources import (
+from tests.unit.deploy.sources import (
     DOCKERFILE,
     DOCUMENTED_VARIABLES,
     LONG_RUNNING,
