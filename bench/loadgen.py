@@ -16,13 +16,23 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 
-def request_bytes(host: str, key: str, path: str, body: bytes) -> bytes:
+def request_bytes(
+    host: str,
+    key: str,
+    path: str,
+    body: bytes,
+    *,
+    method: str = "PUT",
+    headers: Sequence[tuple[str, str]] = (),
+) -> bytes:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
     head = (
-        f"PUT {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
     )
     return head.encode() + body
 

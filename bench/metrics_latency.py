@@ -90,8 +90,8 @@ async def main(every: int, changes: int, pause: float) -> None:
     try:
         # Start-up work first: the first KPIs of every segment, the first RFM run.
         settled = text(
-            "SELECT NOT EXISTS (SELECT 1 FROM metrics_dirty_segments) AND EXISTS "
-            "(SELECT 1 FROM scheduled_jobs WHERE name = 'rfm' AND last_finished_at IS NOT NULL)"
+            "SELECT NOT EXISTS (SELECT 1 FROM metrics_changes) AND EXISTS "
+            "(SELECT 1 FROM jobs WHERE queue = 'rfm' AND last_finished_at IS NOT NULL)"
         )
         while True:
             async with engine.connect() as conn:
@@ -102,7 +102,7 @@ async def main(every: int, changes: int, pause: float) -> None:
         await queue.bind(Topology(prefix).events_exchange, routing_key="metrics.updated")
         await queue.consume(on_message)
         async with engine.connect() as conn:
-            members = (await compute_segment_kpis(conn, segment_id)).customers
+            members = (await compute_segment_kpis(conn, segment_id))["customers"]
         sql_times = []
         for _ in range(20):
             async with engine.connect() as conn:

@@ -30,14 +30,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.common import load_average
 from bench.dataset import DatasetSpec, arguments, clone, drop, spec_of
-from segment_api.rules import queue
 from segment_api.rules.compile import RuleCompiler
 from segment_api.rules.parse import parse_rule
 from segment_api.rules.refresh import refresh_segment
 from segment_api.rules.repository import strategy_for, tune
+from segment_api.rules.requests import QUEUE, request_refresh
 from segments_shared.config import DatabaseSettings
 from segments_shared.db.engine import create_engine
 from segments_shared.db.ids import uuid7
+from segments_shared.jobs import store
 
 DATABASE = "segments_bench_rules_refresh"
 WORKER = "bench"
@@ -129,11 +130,12 @@ async def hand_count(engine: AsyncEngine, shape: str, session: str) -> int:
 async def compiled_refresh(engine: AsyncEngine, segment_id: uuid.UUID) -> tuple[int, int]:
     """What the refresher does for one due segment: claim, then refresh in one transaction."""
     async with engine.begin() as conn:
-        await queue.request_refresh(conn, segment_id, "refresh_requested")
+        await request_refresh(conn, segment_id, "refresh_requested")
     async with engine.begin() as conn:
-        (claimed,) = await queue.claim(conn, WORKER, limit=1, lease=300)
+        (claimed,) = await store.claim(conn, QUEUE, WORKER, limit=1, lease=300)
+    assert await refresh_segment(engine, claimed, "bench") == "refreshed"
     async with engine.begin() as conn:
-        assert await refresh_segment(conn, claimed, WORKER)
+        await store.finish(conn, claimed, WORKER)
         row = (
             await conn.execute(
                 text(

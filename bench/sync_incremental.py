@@ -31,6 +31,7 @@ from bench.sync_setup import (
 from segments_shared.config import DatabaseSettings
 from segments_shared.db.engine import asyncpg_dsn, create_engine
 from segments_shared.lifecycle import freeze_startup_objects
+from sync_worker import runs
 
 DATABASE = "segments_bench_sync_incremental"
 
@@ -87,7 +88,7 @@ async def change_members(url: str, segment_id: uuid.UUID, changes: int) -> None:
 
 async def wait_idle(worker: Worker) -> None:
     deadline = time.monotonic() + 120
-    while worker.runner.active_runs and time.monotonic() < deadline:  # noqa: ASYNC110
+    while worker.runner.running(runs.QUEUE) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
 
 

@@ -18,8 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bench.dataset import DatasetSpec, clone, create_segment
 from segments_shared.db.engine import asyncpg_dsn, create_engine
 from segments_shared.destinations import MailchimpConfig, account_key, split_secrets
+from segments_shared.jobs import store
+from segments_shared.jobs.runner import JobRunner
 from segments_shared.secrets import SecretBox
-from sync_worker.runner import SyncRunner
+from sync_worker import runs
+from sync_worker.runner import SyncRuns, sync_runner
 from sync_worker.settings import SyncWorkerSettings
 
 SECRET_KEY = "bench-secret-key"
@@ -114,6 +117,8 @@ async def request_run(
             ),
             {"id": run_id, "segment_id": segment_id, "destination_id": destination_id},
         )
+        # What segment-api does with a run it queues: the sync-worker's job engine takes it.
+        await store.request(conn, runs.QUEUE, str(run_id), sync_run_id=run_id)
     return run_id
 
 
@@ -131,21 +136,23 @@ async def wait_run(engine: AsyncEngine, run_id: uuid.UUID, within: float = 900.0
 
 @dataclass
 class Worker:
-    runner: SyncRunner
+    runner: JobRunner
+    runs: SyncRuns
     task: "asyncio.Task[None]"
     engine: AsyncEngine
 
     async def stop(self) -> None:
         self.runner.stop()
         await self.task
+        await self.runs.aclose()
         await self.engine.dispose()
 
 
 def start_worker(url: str) -> Worker:
     settings = SyncWorkerSettings(database_url=url, secret_key=SECRET_KEY)
-    engine = create_engine(settings, pool_size=settings.sync_concurrency * 2 + 3)
-    runner = SyncRunner(engine, settings, SecretBox(SECRET_KEY), "bench-worker")
-    return Worker(runner, asyncio.create_task(runner.run()), engine)
+    engine = create_engine(settings, pool_size=settings.sync_concurrency * 2 + 4)
+    runner, kind = sync_runner(engine, settings, SecretBox(SECRET_KEY), "bench-worker")
+    return Worker(runner, kind, asyncio.create_task(runner.run()), engine)
 
 
 async def load() -> str:
