@@ -265,20 +265,24 @@ class Folded:
     # Segments whose figures moved or were computed whole, and the request behind each.
     segments: list[uuid.UUID] = field(default_factory=list)
     correlations: dict[uuid.UUID, str] = field(default_factory=dict)
+    # Customers whose figures were stored for the first time (members of a whole segment).
+    filled: int = 0
 
 
 async def fold_changes(conn: AsyncConnection) -> Folded:
     """Fold every change the transaction's snapshot holds; the caller's transaction is
     REPEATABLE READ and serialised with other folds."""
     row = (await conn.execute(FOLD)).one()
+    filled = 0
     for segment_id in row.whole:
-        await conn.execute(MISSING_PARTS, {"segment_id": segment_id})
+        filled += (await conn.execute(MISSING_PARTS, {"segment_id": segment_id})).rowcount
         await conn.execute(WHOLE, {"segment_id": segment_id})
     return Folded(
         taken=int(row.taken),
         changed=list(row.changed),
         segments=sorted({*row.moved, *row.whole}),
         correlations=dict(zip(row.correlated, row.correlation_ids, strict=True)),
+        filled=filled,
     )
 
 

@@ -41,6 +41,9 @@ KPI_UPDATES = Counter("segments_kpi_updates", "Segment KPI updates announced (me
 ALL = PeriodicJob.KEY
 # A fold that scores this many customers is a bulk load: the boundaries follow.
 BULK_CUSTOMERS = 1_000
+# A fold that stores this many customers' figures for the first time refreshes the planner's
+# statistics of them.
+ANALYZE_AFTER = 50_000
 
 _KPI_ROWS = text("SELECT * FROM segment_kpis WHERE segment_id = ANY(:ids)")
 _RFM_SIGNAL = text("INSERT INTO segment_refresh_signals (kind, customer_ids) VALUES ('rfm', :ids)")
@@ -145,6 +148,12 @@ class KpiFold(JobKind):
         if len(folded.changed) >= BULK_CUSTOMERS:
             async with self.engine.begin() as conn:
                 await request_rfm(conn, self.settings)
+        if folded.filled >= ANALYZE_AFTER:
+            # The next folds' plans need the table's size now (after install it was empty:
+            # estimates of one row made each fold scan it whole); autovacuum may be minutes
+            # behind under load.
+            async with self.engine.begin() as conn:
+                await conn.execute(text("ANALYZE customer_kpi_parts"))
 
 
 async def request_rfm(conn: AsyncConnection, settings: MetricsWorkerSettings) -> None:

@@ -29,12 +29,17 @@ from segments_shared.jobs.store import Claim
 
 log = logging.getLogger(__name__)
 
+# A refresh that moves this many members refreshes the planner's statistics of memberships.
+ANALYZE_AFTER = 50_000
+
 _BUILDING = text(
     "UPDATE segments SET status = 'building' "
     "WHERE id = :id AND active AND definition->>'type' = 'rule' AND status <> 'building'"
 )
 _TAKE_PENDING = text(
-    "DELETE FROM rule_refresh_pending WHERE segment_id = :id RETURNING customer_id"
+    "WITH taken AS (DELETE FROM rule_refresh_pending WHERE segment_id = :id "
+    "RETURNING customer_ids) "
+    "SELECT DISTINCT c FROM taken, unnest(taken.customer_ids) AS c ORDER BY c"
 )
 _FORGET_PENDING = text("DELETE FROM rule_refresh_pending WHERE segment_id = :id")
 # Done: `building` stays while a whole refresh is asked for again.
@@ -71,7 +76,7 @@ async def refresh_segment(engine: AsyncEngine, job: Claim, source: str) -> str:
         async with engine.begin() as conn:
             await conn.execute(_BUILDING, {"id": segment_id})
     async with unit_of_work(engine, source) as conn:
-        outcome = await _refresh(conn, segment_id, whole, cause)
+        outcome, moved = await _refresh(conn, segment_id, whole, cause)
         await conn.execute(
             _DONE,
             {
@@ -81,16 +86,27 @@ async def refresh_segment(engine: AsyncEngine, job: Claim, source: str) -> str:
                 "key": job.key,
             },
         )
+    if moved >= ANALYZE_AFTER:
+        # The planner's idea of the segment's size must follow at once: estimates from
+        # before (an empty table after install) made the next partial refresh scan the whole
+        # segment per customer (minutes instead of milliseconds). Autovacuum may be a minute
+        # or more behind.
+        async with engine.connect() as conn:
+            await conn.execute(text("ANALYZE segment_members"))
+            await conn.commit()
     return outcome
 
 
-async def _refresh(conn: AsyncConnection, segment_id: uuid.UUID, whole: bool, cause: str) -> str:
+async def _refresh(
+    conn: AsyncConnection, segment_id: uuid.UUID, whole: bool, cause: str
+) -> tuple[str, int]:
+    """The outcome, and how many members entered or left."""
     await repository.tune(conn)
     locked = await locks.lock_segment(conn, segment_id)
     if locked is None or not locked.active or not is_rule(locked.definition):
         if locked is not None:
             await drop(conn, segment_id)
-        return "dropped"
+        return "dropped", 0
     try:
         definition = parse_definition(locked.definition)
     except RuleInvalid as exc:
@@ -101,7 +117,7 @@ async def _refresh(conn: AsyncConnection, segment_id: uuid.UUID, whole: bool, ca
             extra={"segment_id": str(segment_id), "errors": exc.errors},
         )
         await conn.execute(_FORGET_PENDING, {"id": segment_id})
-        return "skipped"
+        return "skipped", 0
     await locks.lock_member_inserts(conn)
     only: list[int] | None = None
     if whole or definition.max_size is not None:
@@ -110,7 +126,7 @@ async def _refresh(conn: AsyncConnection, segment_id: uuid.UUID, whole: bool, ca
     else:
         only = sorted((await conn.execute(_TAKE_PENDING, {"id": segment_id})).scalars())
         if not only:
-            return "unchanged"
+            return "unchanged", 0
     if only is not None:
         strategy: Strategy = "lateral"
     else:
@@ -135,4 +151,5 @@ async def _refresh(conn: AsyncConnection, segment_id: uuid.UUID, whole: bool, ca
             "exited": moved.exited_count,
         },
     )
-    return "refreshed" if moved.entered_count or moved.exited_count else "unchanged"
+    changed = moved.entered_count + moved.exited_count
+    return ("refreshed" if changed else "unchanged"), changed

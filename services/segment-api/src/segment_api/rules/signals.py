@@ -44,9 +44,8 @@ _RULES = text(
 )
 _PENDING = text(
     """
-    INSERT INTO rule_refresh_pending (segment_id, customer_id)
-    SELECT CAST(:segment_id AS uuid), c FROM unnest(CAST(:ids AS bigint[])) AS c ORDER BY c
-    ON CONFLICT DO NOTHING
+    INSERT INTO rule_refresh_pending (segment_id, customer_ids)
+    VALUES (CAST(:segment_id AS uuid), CAST(:ids AS bigint[]))
     """
 )
 # Rules never computed (the default segments after install, copies), and rules with relative

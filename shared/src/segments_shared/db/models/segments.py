@@ -8,6 +8,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     String,
@@ -134,11 +135,13 @@ class SegmentRefreshSignal(Base):
 
 class RuleRefreshPending(Base):
     """Customers a rule segment's next refresh re-evaluates (when its rule allows a refresh
-    of some customers only)."""
+    of some customers only). Insert-only, a row per fold of signals: the refresh takes every
+    row of its segment, and a fold never waits for a refresh that took the same customers."""
 
     __tablename__ = "rule_refresh_pending"
 
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     segment_id: Mapped[uuid.UUID] = mapped_column(
-        UUID, ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
+        UUID, ForeignKey("segments.id", ondelete="CASCADE"), index=True
     )
-    customer_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    customer_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))

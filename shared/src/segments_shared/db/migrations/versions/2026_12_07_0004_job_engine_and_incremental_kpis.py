@@ -181,6 +181,7 @@ def _metrics_changes() -> None:
         ) o ON o.customer_id = c.id
         """
     )
+    op.execute("ANALYZE customer_kpi_parts")
     op.execute(
         "INSERT INTO metrics_changes (segment_id, whole) SELECT id, true FROM segments ORDER BY id"
     )
@@ -202,18 +203,22 @@ def _refresh_signals() -> None:
         "segment_refresh_signals",
         "kind IN ('customers', 'orders', 'segment', 'rfm')",
     )
+    # Insert-only, like every table the signals feed: a row per fold of signals, so that a
+    # fold never waits for a refresh that took the same customers.
     op.create_table(
         "rule_refresh_pending",
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("segment_id", sa.UUID(), nullable=False),
-        sa.Column("customer_id", sa.BigInteger(), nullable=False),
+        sa.Column("customer_ids", postgresql.ARRAY(sa.BigInteger()), nullable=False),
         sa.ForeignKeyConstraint(
             ["segment_id"],
             ["segments.id"],
             name=op.f("fk_rule_refresh_pending_segment_id_segments"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("segment_id", "customer_id", name=op.f("pk_rule_refresh_pending")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_rule_refresh_pending")),
     )
+    op.create_index("ix_rule_refresh_pending_segment_id", "rule_refresh_pending", ["segment_id"])
 
 
 # A customer's deletion sweeps memberships that raced it (or a deletion behind the API's
@@ -383,6 +388,7 @@ def downgrade() -> None:
         sa.Column("last_finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_scheduled_jobs")),
     )
+    op.drop_index("ix_rule_refresh_pending_segment_id", table_name="rule_refresh_pending")
     op.drop_table("rule_refresh_pending")
     op.execute("DELETE FROM segment_refresh_signals WHERE kind = 'rfm'")
     op.drop_constraint(
