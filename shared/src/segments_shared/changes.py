@@ -19,6 +19,7 @@ adds a history entry at once (the caller holds the segment's lock, so these rows
 contended), so that reads later in the same transaction see them.
 """
 
+import json
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -154,18 +155,26 @@ class Changes:
         return version
 
     async def flush(self) -> None:
-        """Write the consequences, in the caller's transaction (just before it commits)."""
-        driver = await driver_connection(self.conn)
-        correlation = current_correlation_id()
-        metric_rows = self._metric_rows(correlation)
-        if metric_rows:
-            await driver.executemany(_INSERT_METRICS, metric_rows)
+        """Write the consequences, in the caller's transaction (just before it commits): one
+        statement, one round trip."""
+        metric_rows = self._metric_rows(current_correlation_id())
         signal_rows = self._signal_rows()
-        if signal_rows:
-            await driver.executemany(_INSERT_SIGNAL, signal_rows)
-        if self.events:
-            rows = [(event.id, event.type, event.model_dump_json()) for event in self.events]
-            await driver.executemany(_INSERT_EVENT, rows)
+        if metric_rows or signal_rows or self.events:
+            driver = await driver_connection(self.conn)
+            await driver.execute(
+                _INSERT_ALL,
+                json.dumps(
+                    [dict(zip(_METRIC_FIELDS, row, strict=True)) for row in metric_rows],
+                    default=str,
+                ),
+                json.dumps(
+                    [dict(zip(_SIGNAL_FIELDS, row, strict=True)) for row in signal_rows],
+                    default=str,
+                ),
+                [event.id for event in self.events],
+                [event.type for event in self.events],
+                [event.model_dump_json() for event in self.events],
+            )
         self.events.clear()
         self.customers.clear()
         self.memberships.clear()
@@ -211,14 +220,27 @@ _RECORD_MEMBERSHIP = """
     SELECT id, membership_version, $2, $3, member_count, $4, $5 FROM moved
     RETURNING membership_version
 """
-_INSERT_METRICS = (
-    "INSERT INTO metrics_changes (segment_id, customer_ids, entered, exited, whole, correlation_id)"
-    " VALUES ($1, $2, $3, $4, $5, $6)"
-)
-_INSERT_SIGNAL = (
-    "INSERT INTO segment_refresh_signals (kind, segment_id, customer_ids) VALUES ($1, $2, $3)"
-)
-_INSERT_EVENT = "INSERT INTO outbox (event_id, event_type, payload) VALUES ($1, $2, $3)"
+_METRIC_FIELDS = ("segment_id", "customer_ids", "entered", "exited", "whole", "correlation_id")
+_SIGNAL_FIELDS = ("kind", "segment_id", "customer_ids")
+# The three tables a change feeds, insert-only. Outbox rows keep the order of the events.
+_INSERT_ALL = """
+    WITH metrics AS (
+        INSERT INTO metrics_changes
+            (segment_id, customer_ids, entered, exited, whole, correlation_id)
+        SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS r(
+            segment_id uuid, customer_ids bigint[], entered bigint[], exited bigint[],
+            whole boolean, correlation_id text)
+    ), signals AS (
+        INSERT INTO segment_refresh_signals (kind, segment_id, customer_ids)
+        SELECT * FROM jsonb_to_recordset($2::text::jsonb) AS r(
+            kind text, segment_id uuid, customer_ids bigint[])
+    )
+    INSERT INTO outbox (event_id, event_type, payload)
+    SELECT e.event_id, e.event_type, e.payload::jsonb
+    FROM unnest($3::uuid[], $4::text[], $5::text[]) WITH ORDINALITY
+        AS e(event_id, event_type, payload, position)
+    ORDER BY e.position
+"""
 
 _units: "weakref.WeakKeyDictionary[AsyncConnection, Changes]" = weakref.WeakKeyDictionary()
 

@@ -1,6 +1,7 @@
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import asyncpg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -10,6 +11,18 @@ from segments_shared.db.types import AnyRow
 
 # Upserted columns, in the order of the statements' parameters.
 COLUMNS = ("customer_id", "total", "currency", "placed_at", "status")
+
+# What an upsert returns of each order: enough to answer without reading it again.
+STORED = (
+    "external_id",
+    "customer_id",
+    "total",
+    "currency",
+    "placed_at",
+    "status",
+    "created_at",
+    "updated_at",
+)
 
 _LOCK = """
     SELECT external_id, customer_id FROM orders
@@ -26,16 +39,16 @@ _LOCK_CUSTOMERS = """
     ORDER BY id
     FOR KEY SHARE
 """
-_INSERT = """
+_INSERT = f"""
     INSERT INTO orders (external_id, customer_id, total, currency, placed_at, status)
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::numeric[], $4::text[],
                          $5::timestamptz[], $6::text[])
     -- In one order (as _LOCK's), or two calls creating the same orders deadlock.
     ORDER BY 1
     ON CONFLICT (external_id) DO NOTHING
-    RETURNING external_id, customer_id
+    RETURNING {", ".join(STORED)}
 """
-_UPDATE = """
+_UPDATE = f"""
     UPDATE orders o SET
         customer_id = CASE WHEN u.m_customer_id THEN u.customer_id ELSE o.customer_id END,
         total = CASE WHEN u.m_total THEN u.total ELSE o.total END,
@@ -48,7 +61,7 @@ _UPDATE = """
          AS u(external_id, customer_id, total, currency, placed_at, status,
               m_customer_id, m_total, m_currency, m_placed_at, m_status)
     WHERE o.external_id = u.external_id AND o.external_id <> ALL($12::text[])
-    RETURNING o.external_id, o.customer_id
+    RETURNING {", ".join(f"o.{name}" for name in STORED)}
 """
 _CUSTOMER_EXTERNAL_IDS = "SELECT id, external_id FROM customers WHERE id = ANY($1::bigint[])"
 
@@ -69,12 +82,12 @@ async def lock_customers(conn: AsyncConnection, external_ids: list[str]) -> dict
 
 async def upsert_many(
     conn: AsyncConnection, items: Sequence[tuple[str, Mapping[str, Any]]], existing: set[str]
-) -> tuple[set[str], dict[str, int]]:
+) -> tuple[set[str], dict[str, asyncpg.Record]]:
     """Insert new orders and update existing ones (given fields only).
 
     Only orders that did not exist go through the INSERT: NOT NULL is checked before ON
     CONFLICT, so a partial update cannot. One created meanwhile by another request is then
-    updated instead. Returns the external ids created and each order's customer afterwards.
+    updated instead. Returns the external ids created and each order as stored now.
     """
     driver = await driver_connection(conn)
     keys = [external_id for external_id, _ in items]
@@ -84,6 +97,9 @@ async def upsert_many(
         _INSERT, [keys[i] for i in new], *([column[i] for i in new] for column in columns)
     )
     created = {row["external_id"] for row in inserted}
+    stored = {row["external_id"]: row for row in inserted}
+    if len(created) == len(keys):
+        return created, stored
     # Orders another call created since the caller's lock: locked in the same order before
     # the update, which would take them in this body's order (a deadlock between two calls).
     meanwhile = [keys[i] for i in new if keys[i] not in created]
@@ -91,11 +107,13 @@ async def upsert_many(
         await driver.fetch(_LOCK, meanwhile)
     masks = [[name in fields for _, fields in items] for name in COLUMNS]
     updated = await driver.fetch(_UPDATE, keys, *columns, *masks, list(created))
-    owners = {row["external_id"]: row["customer_id"] for row in [*inserted, *updated]}
-    return created, owners
+    stored.update((row["external_id"], row) for row in updated)
+    return created, stored
 
 
 async def customer_external_ids(conn: AsyncConnection, ids: set[int]) -> dict[int, str]:
+    if not ids:
+        return {}
     driver = await driver_connection(conn)
     rows = await driver.fetch(_CUSTOMER_EXTERNAL_IDS, list(ids))
     return {row["id"]: row["external_id"] for row in rows}

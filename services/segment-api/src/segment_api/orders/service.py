@@ -1,5 +1,5 @@
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -14,6 +14,19 @@ from segments_shared.events import MAX_IDS_PER_EVENT, OrderRecorded, OrderRef, O
 REQUIRED_ON_CREATE = ("customer_external_id", "total", "placed_at")
 
 Pointer = Callable[[int, str], str]
+
+
+class Upserted(NamedTuple):
+    created: set[str]
+    # Each order as stored now, read back by the upsert itself.
+    stored: Mapping[str, Mapping[str, Any]]
+    # Customers' external ids by id.
+    names: Mapping[int, str]
+
+    def order(self, external_id: str) -> Order:
+        row = self.stored[external_id]
+        fields = {name: row[name] for name in Order.model_fields if name != "customer_external_id"}
+        return Order(customer_external_id=self.names[row["customer_id"]], **fields)
 
 
 def _validate(
@@ -72,8 +85,8 @@ async def upsert_orders(
     items: list[tuple[str, dict[str, Any]]],
     store_currency: str,
     pointer: Pointer,
-) -> set[str]:
-    """Validate and upsert orders, all or nothing; returns the external ids created."""
+) -> Upserted:
+    """Validate and upsert orders, all or nothing."""
     keys = [external_id for external_id, _ in items]
     named = {
         given["customer_external_id"] for _, given in items if given.get("customer_external_id")
@@ -87,11 +100,14 @@ async def upsert_orders(
         (key, _columns(given, customer_ids, key not in existing, store_currency))
         for key, given in items
     ]
-    created, owners = await repository.upsert_many(conn, rows, set(existing))
+    created, stored = await repository.upsert_many(conn, rows, set(existing))
+    owners = {key: row["customer_id"] for key, row in stored.items()}
     # Every customer an order belongs to, or belonged to, has other orders now.
     changes = changes_of(conn)
     changes.customers_changed("orders", set(owners.values()) | set(existing.values()))
-    names = await repository.customer_external_ids(conn, set(owners.values()))
+    # The customers named in the body are known; only the others' external ids are read.
+    names = {id_: external_id for external_id, id_ in customer_ids.items()}
+    names |= await repository.customer_external_ids(conn, set(owners.values()) - set(names))
     refs = [
         OrderRef(order_external_id=key, customer_external_id=names[owners[key]]) for key in keys
     ]
@@ -106,19 +122,17 @@ async def upsert_orders(
             for batch in batches
         )
     )
-    return created
+    return Upserted(created, stored, names)
 
 
 async def put_order(
     conn: AsyncConnection, external_id: str, body: OrderIn, store_currency: str
 ) -> tuple[Order, bool]:
     given = body.model_dump(exclude_unset=True)
-    created = await upsert_orders(
+    upserted = await upsert_orders(
         conn, [(external_id, given)], store_currency, lambda _index, name: f"/{name}"
     )
-    stored = await repository.get(conn, external_id)
-    assert stored is not None
-    return Order.model_validate(stored, from_attributes=True), external_id in created
+    return upserted.order(external_id), external_id in upserted.created
 
 
 async def bulk_upsert(conn: AsyncConnection, body: OrdersBulk, store_currency: str) -> BulkResult:
@@ -130,7 +144,9 @@ async def bulk_upsert(conn: AsyncConnection, body: OrdersBulk, store_currency: s
         (item.external_id, item.model_dump(exclude_unset=True, exclude={"external_id"}))
         for item in body.orders
     ]
-    created = await upsert_orders(
-        conn, items, store_currency, lambda index, name: f"/orders/{index}/{name}"
-    )
+    created = (
+        await upsert_orders(
+            conn, items, store_currency, lambda index, name: f"/orders/{index}/{name}"
+        )
+    ).created
     return BulkResult(created=len(created), updated=len(keys) - len(created))
