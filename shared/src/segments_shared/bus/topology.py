@@ -87,30 +87,53 @@ async def declare_unrouted_queue(channel: AbstractChannel, topology: Topology) -
     queue with other arguments fails with PRECONDITION_FAILED, which closes the channel; doing
     it on a separate channel keeps the caller's open. Such a queue is deleted and declared
     again: it only parks events nobody consumes, so dropping what it holds loses nothing a
-    consumer was owed (and the count is logged)."""
+    consumer was owed (and the count is logged). One process replaces it, holding an
+    exclusive queue as a lock: when every service restarts at once, a second deletion of the
+    queue the first had just declared left RabbitMQ refusing to declare it again
+    (`cluster_not_formed`) for over 30 s. The others fail with RESOURCE_LOCKED, and their
+    callers retry after a back-off."""
     connection = (await channel.get_underlay_channel()).connection
+    if await _declares_bounded(connection, topology):
+        return
+    locking = await connection.channel(timeout=DECLARE_TIMEOUT)
+    try:
+        await locking.queue_declare(
+            f"{topology.unrouted}.replacing",
+            exclusive=True,
+            auto_delete=True,
+            timeout=DECLARE_TIMEOUT,
+        )
+        # Another process may have replaced it between the first look and the lock.
+        if await _declares_bounded(connection, topology):
+            return
+        deleted = await locking.queue_delete(topology.unrouted, timeout=DECLARE_TIMEOUT)
+        await locking.queue_declare(
+            topology.unrouted, durable=True, arguments=UNROUTED_ARGUMENTS, timeout=DECLARE_TIMEOUT
+        )
+    finally:
+        # Closing the channel leaves the lock queue to the connection's end: delete it.
+        if not locking.is_closed:
+            await locking.queue_delete(f"{topology.unrouted}.replacing", timeout=DECLARE_TIMEOUT)
+            await locking.close()
+    log.warning(
+        "unrouted queue redeclared with its bound, the events it held dropped",
+        extra={"queue": topology.unrouted, "dropped": deleted.message_count},
+    )
+
+
+async def _declares_bounded(connection: aiormq.abc.AbstractConnection, topology: Topology) -> bool:
+    """Whether `<prefix>.unrouted` exists (or now does) with its bound."""
     probe = await connection.channel(timeout=DECLARE_TIMEOUT)
     try:
         await probe.queue_declare(
             topology.unrouted, durable=True, arguments=UNROUTED_ARGUMENTS, timeout=DECLARE_TIMEOUT
         )
-        return
-    except aiormq.exceptions.ChannelPreconditionFailed as exc:
-        reason = str(exc)
+        return True
+    except aiormq.exceptions.ChannelPreconditionFailed:
+        return False
     finally:
-        await probe.close()
-    replacing = await connection.channel(timeout=DECLARE_TIMEOUT)
-    try:
-        deleted = await replacing.queue_delete(topology.unrouted, timeout=DECLARE_TIMEOUT)
-        await replacing.queue_declare(
-            topology.unrouted, durable=True, arguments=UNROUTED_ARGUMENTS, timeout=DECLARE_TIMEOUT
-        )
-    finally:
-        await replacing.close()
-    log.warning(
-        "unrouted queue redeclared with its bound, the events it held dropped",
-        extra={"queue": topology.unrouted, "dropped": deleted.message_count, "reason": reason},
-    )
+        if not probe.is_closed:
+            await probe.close()
 
 
 async def declare_events_exchange(channel: AbstractChannel, topology: Topology) -> AbstractExchange:
