@@ -5,8 +5,8 @@
   labelled by the process at the other end of its connection (found through the local
   port of its TCP connection), plus the server's own background processes apart;
 - backlogs: unpublished outbox rows, `metrics_changes`, `segment_refresh_signals`,
-  `rule_refresh_pending`, due jobs per queue of `jobs`, and the depth of every RabbitMQ
-  queue of the bus prefix (a passive declare);
+  `rule_refresh_pending` customers per rule segment, due jobs per queue of `jobs`, and the
+  depth of every RabbitMQ queue of the bus prefix (a passive declare);
 - KPI lag per segment: now minus the oldest pending `metrics_changes` row that concerns it
   (it names the segment, or a customer who is a member), 0 when none;
 - refresh lag per rule segment (bench/stream_figures.py, `RefreshTracker`).
@@ -50,6 +50,7 @@ DATABASE_COUNTS = (
     "tup_updated",
     "tup_deleted",
 )
+PENDING = "rule_refresh_pending"
 QUEUES = ("kpi_fold", "kpi_check", "rfm", "rule_refresh", "sync_run")
 
 _STATE = f"""
@@ -61,11 +62,13 @@ _STATE = f"""
           AS refresh_signals,
       (SELECT extract(epoch FROM min(created_at))::float8 FROM segment_refresh_signals)
           AS oldest_signal,
-      (SELECT count(*) FROM (SELECT 1 FROM rule_refresh_pending LIMIT {CAP}) p)
-          AS rule_refresh_pending,
       d.xact_commit, d.xact_rollback, d.sessions, d.active_time, d.tup_inserted,
       d.tup_updated, d.tup_deleted
     FROM pg_stat_database d WHERE d.datname = current_database()
+"""
+_PENDING = """
+    SELECT segment_id, sum(cardinality(customer_ids)) AS customers
+    FROM rule_refresh_pending GROUP BY segment_id
 """
 _JOBS = """
     SELECT queue,
@@ -217,8 +220,13 @@ class Probe:
             "outbox (unpublished)": float(state["outbox"]),
             "metrics_changes": float(state["metrics_changes"]),
             "segment_refresh_signals": float(state["refresh_signals"]),
-            "rule_refresh_pending": float(state["rule_refresh_pending"]),
         }
+        # Per segment: each drains at its own refresh, so only its own floor says whether
+        # refreshes keep up (the sum's floor is wherever the others' debounces stand).
+        pending = {row["segment_id"]: row["customers"] for row in await self.conn.fetch(_PENDING)}
+        for segment_id in sorted(self.rule_segments, key=lambda s: self.segments.get(s, str(s))):
+            name = self.segments.get(segment_id, str(segment_id))
+            backlogs[f"{PENDING}: {name}"] = float(pending.get(segment_id, 0))
         jobs = {row["queue"]: row for row in await self.conn.fetch(_JOBS)}
         for queue in sorted(set(QUEUES) | set(jobs)):
             backlogs[f"jobs due: {queue}"] = float(jobs[queue]["due"] if queue in jobs else 0)

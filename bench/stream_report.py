@@ -17,7 +17,7 @@ from bench.stream_figures import (
     summary,
     trend,
 )
-from bench.stream_probe import ELSEWHERE, EXITED, PROBE, SERVER, Sample
+from bench.stream_probe import ELSEWHERE, EXITED, PENDING, PROBE, SERVER, Sample
 
 CORES = os.cpu_count() or 1
 # Events nobody consumes wait there by design (bounded, oldest dropped): not a backlog.
@@ -136,7 +136,7 @@ def figures(
     for backlog in stretch[0].backlogs if stretch else ():
         points = [(sample.at, sample.backlogs.get(backlog, 0.0)) for sample in stretch]
         window = max(10.0, span / 3)
-        if backlog == "rule_refresh_pending":
+        if backlog.startswith(PENDING):
             window = max(window, debounce + 10)  # a floor needs a refresh inside the window
         backlogs[backlog] = trend(points, window)
     kinds = load["kinds"]
