@@ -10,9 +10,9 @@ changed, an event to publish); at commit this module writes what follows from it
   (customers, orders, memberships that rules may read);
 - `outbox`: the events.
 
-All three are insert-only: concurrent writers never wait for each other on them (a row that
-every order updates would be a lock queue; docs/pitfalls.md). Each table's insert trigger
-sends a NOTIFY at commit, which wakes its consumer.
+All three are insert-only and written in one statement: concurrent writers never wait for
+each other on them (a row that every order updates would be a lock queue; docs/pitfalls.md).
+Nothing sends a NOTIFY (it would serialise every writer's commit); their consumers poll.
 
 A membership change also moves the segment's `member_count` and `membership_version` and
 adds a history entry at once (the caller holds the segment's lock, so these rows are not
