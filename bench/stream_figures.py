@@ -53,6 +53,16 @@ def trend(points: Sequence[tuple[float, float]], window: float, slack: float = 1
     return Trend(start, end, peak, end > start + max(slack, 0.25 * start))
 
 
+def pending_trend(points: Sequence[tuple[float, float]], window: float, debounce: float) -> Trend:
+    """`trend` of one rule segment's pending customers. A floor needs a refresh inside each
+    window (a debounce and then some); a refresh empties the set, but the sample after it
+    already holds what arrived since, so two samples' worth of arrivals (the peak being a
+    debounce's worth) is the floor's noise, not growth."""
+    peak = max((level for _, level in points), default=0.0)
+    slack = max(10.0, 2 * peak / max(1.0, debounce))
+    return trend(points, max(window, debounce + 10), slack)
+
+
 @dataclass(frozen=True)
 class RefreshJob:
     """A `rule_refresh` row of `jobs` as one sample saw it (times in epoch seconds)."""

@@ -14,6 +14,7 @@ from bench.stream_figures import (
     Trend,
     match_changes,
     parse_change,
+    pending_trend,
     summary,
     trend,
 )
@@ -137,8 +138,9 @@ def figures(
         points = [(sample.at, sample.backlogs.get(backlog, 0.0)) for sample in stretch]
         window = max(10.0, span / 3)
         if backlog.startswith(PENDING):
-            window = max(window, debounce + 10)  # a floor needs a refresh inside the window
-        backlogs[backlog] = trend(points, window)
+            backlogs[backlog] = pending_trend(points, window, debounce)
+        else:
+            backlogs[backlog] = trend(points, window)
     kinds = load["kinds"]
     changes = [
         parse_change(record)

@@ -14,6 +14,7 @@ from bench.stream_figures import (
     RefreshJob,
     RefreshTracker,
     match_changes,
+    pending_trend,
     summary,
     trend,
 )
@@ -112,6 +113,20 @@ def test_a_saw_tooth_backlog_is_steady_and_a_rising_floor_grows() -> None:
     assert trend(saw[:50], window=30).growing is None  # shorter than two windows
     noise = [(float(t), float(t % 3)) for t in range(90)]
     assert trend(noise, window=30, slack=10).growing is False
+
+
+def test_pending_customers_are_judged_on_floors_beside_their_arrivals() -> None:
+    # 150 customers a second, drained by a refresh every 60 s, sampled every second: the
+    # floor is what arrived before the next sample, 75 to 150, whichever refresh it follows.
+    def saw(floors: list[float]) -> list[tuple[float, float]]:
+        points = []
+        for cycle, floor in enumerate(floors):
+            points += [(cycle * 60.0 + t, floor + 150.0 * t) for t in range(60)]
+        return points
+
+    assert pending_trend(saw([75, 150, 150]), window=60, debounce=60).growing is False
+    # A refresh that stops draining: the floor climbs by a minute's arrivals.
+    assert pending_trend(saw([75, 9000, 18000]), window=60, debounce=60).growing is True
 
 
 def test_refresh_delays_run_from_the_request_to_the_sample_that_sees_it_done() -> None:
