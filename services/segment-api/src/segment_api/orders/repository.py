@@ -12,18 +12,6 @@ from segments_shared.db.types import AnyRow
 # Upserted columns, in the order of the statements' parameters.
 COLUMNS = ("customer_id", "total", "currency", "placed_at", "status")
 
-# What an upsert returns of each order: enough to answer without reading it again.
-STORED = (
-    "external_id",
-    "customer_id",
-    "total",
-    "currency",
-    "placed_at",
-    "status",
-    "created_at",
-    "updated_at",
-)
-
 _LOCK = """
     SELECT external_id, customer_id FROM orders
     WHERE external_id = ANY($1::text[])
@@ -39,16 +27,16 @@ _LOCK_CUSTOMERS = """
     ORDER BY id
     FOR KEY SHARE
 """
-_INSERT = f"""
+_INSERT = """
     INSERT INTO orders (external_id, customer_id, total, currency, placed_at, status)
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::numeric[], $4::text[],
                          $5::timestamptz[], $6::text[])
     -- In one order (as _LOCK's), or two calls creating the same orders deadlock.
     ORDER BY 1
     ON CONFLICT (external_id) DO NOTHING
-    RETURNING {", ".join(STORED)}
+    RETURNING *
 """
-_UPDATE = f"""
+_UPDATE = """
     UPDATE orders o SET
         customer_id = CASE WHEN u.m_customer_id THEN u.customer_id ELSE o.customer_id END,
         total = CASE WHEN u.m_total THEN u.total ELSE o.total END,
@@ -61,7 +49,7 @@ _UPDATE = f"""
          AS u(external_id, customer_id, total, currency, placed_at, status,
               m_customer_id, m_total, m_currency, m_placed_at, m_status)
     WHERE o.external_id = u.external_id AND o.external_id <> ALL($12::text[])
-    RETURNING {", ".join(f"o.{name}" for name in STORED)}
+    RETURNING o.*
 """
 _CUSTOMER_EXTERNAL_IDS = "SELECT id, external_id FROM customers WHERE id = ANY($1::bigint[])"
 
