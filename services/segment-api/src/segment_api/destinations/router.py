@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from segment_api.deps import AdminKey, Db, ReadDb
 from segment_api.destinations import service
@@ -16,8 +16,19 @@ from segments_shared.secrets import SecretBox
 router = APIRouter(prefix="/v1/destinations", tags=["destinations"])
 
 
-def secret_box(request: Request) -> SecretBox:
+def _configured_box(request: Request) -> SecretBox | None:
     box: SecretBox | None = request.app.state.secret_box
+    return box
+
+
+# None when SEGMENTS_SECRET_KEY is not set: reading then masks the credentials without it.
+ConfiguredBox = Annotated[SecretBox | None, Depends(_configured_box)]
+
+
+def secret_box(request: Request) -> SecretBox:
+    """The box that writing credentials needs. Called in the handler rather than declared as a
+    dependency, so that an invalid body is still answered 422 before this 503."""
+    box = _configured_box(request)
     if box is None:
         raise ProblemException(
             503, "SEGMENTS_SECRET_KEY is not set: destination credentials cannot be encrypted"
@@ -46,13 +57,11 @@ async def create_destination(
 async def list_destinations(
     db: ReadDb,
     _: AdminKey,
-    request: Request,
+    box: ConfiguredBox,
     page: PageQuery,
     type_: Annotated[DestinationType | None, Query(alias="type")] = None,
 ) -> Page[Destination]:
-    return await service.list_destinations(
-        db, request.app.state.secret_box, destination_type=type_, page=page
-    )
+    return await service.list_destinations(db, box, destination_type=type_, page=page)
 
 
 @router.get(
@@ -64,10 +73,10 @@ async def get_destination(
     destination_id: DestinationId,
     db: ReadDb,
     _: AdminKey,
-    request: Request,
+    box: ConfiguredBox,
     response: Response,
 ) -> Destination:
-    destination = await service.get_destination(db, destination_id, request.app.state.secret_box)
+    destination = await service.get_destination(db, destination_id, box)
     return tagged(response, destination)
 
 
@@ -84,13 +93,11 @@ async def update_destination(
     body: DestinationUpdate,
     db: Db,
     _: AdminKey,
-    request: Request,
+    box: ConfiguredBox,
     response: Response,
     if_match: DestinationIfMatch = None,
 ) -> Destination:
-    destination = await service.update_destination(
-        db, destination_id, body, if_match, request.app.state.secret_box
-    )
+    destination = await service.update_destination(db, destination_id, body, if_match, box)
     return tagged(response, destination)
 
 

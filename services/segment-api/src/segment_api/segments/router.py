@@ -35,6 +35,12 @@ async def _wake_refresher_after(request: Request, background: BackgroundTasks) -
 WAKES_REFRESHER = Depends(_wake_refresher_after)
 
 
+def created_segment(request: Request, response: Response, segment: Segment) -> Segment:
+    """A new segment's answer (here and in targets/router.py): its ETag, and as Location the
+    URL of get_segment below, so that no other router spells that route's name."""
+    return created(request, response, segment, "get_segment", "segment_id")
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -46,7 +52,7 @@ async def create_segment(
     body: SegmentCreate, db: Db, key: WriteKey, request: Request, response: Response
 ) -> Segment:
     segment = await service.create_segment(db, body, key)
-    return created(request, response, segment, "get_segment", "segment_id")
+    return created_segment(request, response, segment)
 
 
 @router.get(
@@ -166,7 +172,7 @@ async def duplicate_segment(
     body: DuplicateRequest | None = None,
 ) -> Segment:
     copy = await service.duplicate_segment(db, segment_id, body or DuplicateRequest())
-    return created(request, response, copy, "get_segment", "segment_id")
+    return created_segment(request, response, copy)
 
 
 @router.post(

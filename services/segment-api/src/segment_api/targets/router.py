@@ -2,7 +2,8 @@ from fastapi import APIRouter, Request, Response, status
 
 from segment_api.deps import Db, ReadKey, WriteKey
 from segment_api.parameters import SegmentId
-from segment_api.responses import answers, created
+from segment_api.responses import answers
+from segment_api.segments.router import created_segment
 from segment_api.segments.schemas import Segment
 from segment_api.targets import service
 from segment_api.targets.schemas import (
@@ -32,7 +33,7 @@ async def combine(
     body: CombineRequest, db: Db, _: WriteKey, request: Request, response: Response
 ) -> Segment:
     segment = await service.combine(db, body)
-    return created(request, response, segment, "get_segment", "segment_id")
+    return created_segment(request, response, segment)
 
 
 @router.post(
@@ -65,7 +66,7 @@ async def reduce(
     response: Response,
 ) -> Segment:
     segment = await service.reduce(db, segment_id, body)
-    return created(request, response, segment, "get_segment", "segment_id")
+    return created_segment(request, response, segment)
 
 
 @router.post(
