@@ -133,7 +133,8 @@ async def compiled_refresh(engine: AsyncEngine, segment_id: uuid.UUID) -> tuple[
         await request_refresh(conn, segment_id, "refresh_requested")
     async with engine.begin() as conn:
         (claimed,) = await store.claim(conn, QUEUE, WORKER, limit=1, lease=300)
-    assert await refresh_segment(engine, claimed, "bench") == "refreshed"
+    # "unchanged" when the membership was already right (the steady refresh).
+    assert await refresh_segment(engine, claimed, "bench") in ("refreshed", "unchanged")
     async with engine.begin() as conn:
         await store.finish(conn, claimed, WORKER)
         row = (
