@@ -3,7 +3,10 @@
 
     python -m bench.event_latency [--rate 500] [--seconds 20]
 
-segment-api runs as its own process (the installed console command, one worker);
+segment-api and sync-worker run as their own processes (the installed console commands),
+as deployed: the outbox relay of the sync-worker leads and segment-api's stands by
+(shared/bus/leadership.py; with segment-api alone, its relay publishes from the event loop
+that serves the requests and falls behind at this rate);
 `bench.loadgen`, a third process, drives `PUT /v1/customers/{id}` open-loop at the given rate
 over 32 keep-alive connections (after 3 s of the same load, unmeasured), while this process
 consumes `customer.changed` from the metrics-worker's queue, measuring receive time minus the
@@ -40,6 +43,12 @@ KEY = "sk_bench_admin_key_0123456789"
 
 async def start_api(url: str, prefix: str, port: int) -> asyncio.subprocess.Process:
     return await start_service("segment-api", api_env(url, prefix, port, KEY), port)
+
+
+async def start_sync_worker(url: str, prefix: str) -> asyncio.subprocess.Process:
+    port = free_port()
+    env = {**api_env(url, prefix, free_port(), KEY), "SEGMENTS_SYNC_WORKER_PORT": str(port)}
+    return await start_service("sync-worker", env, port)
 
 
 async def paced(
@@ -85,6 +94,7 @@ async def api_latencies(
     url: str, prefix: str, rate: float, seconds: float
 ) -> tuple[list[float], list[float], int]:
     port = free_port()
+    worker = await start_sync_worker(url, prefix)
     api = await start_api(url, prefix, port)
     latencies: list[float] = []
     connection = await aio_pika.connect(AMQP_URL)
@@ -115,8 +125,9 @@ async def api_latencies(
     await wait_until(lambda: len(latencies) >= expected - errors, within=30)
     await queue.cancel(tag)
     await connection.close()
-    api.terminate()
-    await api.wait()
+    for process in (api, worker):
+        process.terminate()
+        await process.wait()
     return latencies, http_times, errors
 
 
