@@ -32,7 +32,7 @@ from bench.common import load_average
 from bench.dataset import DatasetSpec, arguments, clone, drop, spec_of
 from segment_api.rules.compile import RuleCompiler
 from segment_api.rules.parse import parse_rule
-from segment_api.rules.refresh import refresh_segment
+from segment_api.rules.refresh import ANALYZE_AFTER, refresh_segment
 from segment_api.rules.repository import strategy_for, tune
 from segment_api.rules.requests import QUEUE, request_refresh
 from segments_shared.config import DatabaseSettings
@@ -160,6 +160,12 @@ async def hand_refresh(
             text("UPDATE segments SET member_count = member_count + :d WHERE id = :s"),
             {"d": entered - exited, "s": segment_id},
         )
+    if entered + exited >= ANALYZE_AFTER:
+        # As the refresher does after a large change: without it, the next statement plans
+        # for the segment's old size (the steady replacement then ran past 60 s).
+        async with engine.connect() as conn:
+            await conn.execute(text("ANALYZE segment_members"))
+            await conn.commit()
     return int(entered), int(exited)
 
 
