@@ -34,11 +34,25 @@ _SETTINGS = (
     "SET LOCAL jit = off",
 )
 
+
+def _bounds(template: str) -> str:
+    """The least value scoring 2, 3, 4 and 5, as array elements."""
+    return ", ".join(template.format(k=k) for k in range(2, 6))
+
+
+_RECENCY_AFTER = _bounds(
+    "now() - make_interval(days => "
+    "(max(recency_days) FILTER (WHERE recency_score >= {k}) + 1)::int)"
+)
+_FREQUENCY_MIN = _bounds("min(frequency) FILTER (WHERE frequency_score >= {k})")
+_MONETARY_MIN = _bounds("min(monetary) FILTER (WHERE monetary_score >= {k})")
+
+
 # Every score, and only the difference written. Rows the fold scored after this statement's
 # snapshot are left alone (`changed_at`: their orders changed since; their next full
 # computation scores them). The boundaries go with the scores.
 _FULL = text(
-    """
+    f"""
     WITH placed AS (
         SELECT customer_id, count(*) AS frequency, sum(total) AS monetary,
                max(placed_at) AS last_order_at
@@ -97,20 +111,13 @@ _FULL = text(
         WHERE d.customer_id IS NULL AND r.customer_id = d.stored_id AND r.changed_at <= now()
         RETURNING 1
     ),
-    by_recency AS (SELECT recency_score AS score, max(recency_days) AS v FROM scored GROUP BY 1),
-    by_frequency AS (SELECT frequency_score AS score, min(frequency) AS v FROM scored GROUP BY 1),
-    by_monetary AS (SELECT monetary_score AS score, min(monetary) AS v FROM scored GROUP BY 1),
+    -- One pass over the scores for all twelve boundaries.
     bounds AS (
         INSERT INTO rfm_boundaries
             (id, computed_at, buyers, recency_after, frequency_min, monetary_min)
-        SELECT 1, now(), (SELECT count(*) FROM scored),
-               ARRAY(SELECT (SELECT now() - make_interval(days => (max(v) + 1)::int)
-                             FROM by_recency WHERE score >= k)
-                     FROM generate_series(2, 5) AS k ORDER BY k),
-               ARRAY(SELECT (SELECT min(v) FROM by_frequency WHERE score >= k)
-                     FROM generate_series(2, 5) AS k ORDER BY k),
-               ARRAY(SELECT (SELECT min(v) FROM by_monetary WHERE score >= k)
-                     FROM generate_series(2, 5) AS k ORDER BY k)
+        SELECT 1, now(), count(*),
+               ARRAY[{_RECENCY_AFTER}], ARRAY[{_FREQUENCY_MIN}], ARRAY[{_MONETARY_MIN}]
+        FROM scored
         ON CONFLICT (id) DO UPDATE SET
             computed_at = excluded.computed_at, buyers = excluded.buyers,
             recency_after = excluded.recency_after, frequency_min = excluded.frequency_min,
