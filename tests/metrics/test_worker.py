@@ -7,7 +7,6 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -24,6 +23,7 @@ from segments_shared.bus.topology import Topology
 from tests.fixtures.infra import ADMIN_KEY
 from tests.fixtures.processes import ServiceProcess, Suite, free_port
 from tests.metrics.store import record
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -113,15 +113,6 @@ async def load_customers(engine: AsyncEngine) -> None:
         await record(conn, lambda changes: changes.customers_changed("orders", ids))
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.2)
-    return await check()
-
-
 async def recomputations(client: httpx.AsyncClient, worker: ServiceProcess) -> float:
     """The KPI updates a worker announced."""
     body = (await client.get(f"{worker.url}/metrics")).text
@@ -176,7 +167,7 @@ async def test_burst_through_the_processes(
     ) as api:
         a = (await api.post("/v1/segments", json={"name": "Burst A"})).json()["id"]
         b = (await api.post("/v1/segments", json={"name": "Burst B"})).json()["id"]
-        assert await eventually(no_marks, within=20)  # created, computed (and the defaults)
+        assert await eventually(no_marks, bool, within=20)  # created, computed (and the defaults)
         await asyncio.sleep(0.5)
         before = sum([await recomputations(api, w) for w in (worker, replica)])
         events.clear()
@@ -223,7 +214,7 @@ async def test_burst_through_the_processes(
                     return False
             return await no_marks()
 
-        assert await eventually(final, within=30), (
+        assert await eventually(final, bool, within=30), (
             expected,
             [(await api.get(f"/v1/segments/{s}/metrics")).json() for s in expected],
         )
@@ -236,7 +227,7 @@ async def test_burst_through_the_processes(
                 scored = (await conn.execute(text("SELECT count(*) FROM customer_rfm"))).scalar()
             return scored == sum(1 for i in range(1, CUSTOMERS + 1) if i % 4 or i in extra)
 
-        assert await eventually(rfm_done, within=20)
+        assert await eventually(rfm_done, bool, within=20)
 
     per_segment = {s: [e for e in events if e["data"]["segment_id"] == s] for s in expected}
     counts = {s: len(v) for s, v in per_segment.items()}

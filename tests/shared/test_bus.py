@@ -7,7 +7,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aio_pika
@@ -33,6 +33,7 @@ from segments_shared.events import (
 )
 from tests.fixtures.infra import ADMIN_KEY, AMQP_URL
 from tests.fixtures.proxy import TcpProxy
+from tests.support.waiting import wait_for
 
 SERVICE = "metrics-worker"
 # A handler's side effect, written in its transaction: a job row in a queue of the tests' own.
@@ -44,14 +45,6 @@ def every_bound_type(handler: Handler) -> dict[str, Handler]:
     """The one handler for every type the service's queue binds (the consumer refuses fewer);
     the tests publish `customer.changed` only."""
     return dict.fromkeys(SERVICE_BINDINGS[SERVICE], handler)
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def take(

@@ -29,8 +29,8 @@ from tests.shared.test_bus import (
     every_bound_type,
     queue_depth,
     take,
-    wait_for,
 )
+from tests.support.waiting import wait_for
 
 SERVICE = "metrics-worker"
 

@@ -33,7 +33,8 @@ from segments_shared.events import (
     SyncCompletedEvent,
 )
 from tests.fixtures.infra import AMQP_URL
-from tests.shared.test_bus import queue_depth, take, unpublished, wait_for
+from tests.shared.test_bus import queue_depth, take, unpublished
+from tests.support.waiting import wait_for
 
 # What the previous version bound and no handler consumed.
 DROPPED_BINDINGS = {"metrics-worker": "segment.deleted", "sync-worker": "customer.erased"}

@@ -22,3 +22,9 @@ async def eventually(
         if done(value) or time.monotonic() > deadline:
             return value
         await asyncio.sleep(every)
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
+    """Wait until `condition` holds; TimeoutError after `within` seconds."""
+    if not await eventually(condition, bool, within):
+        raise TimeoutError("condition not met in time")

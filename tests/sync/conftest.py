@@ -2,9 +2,8 @@
 segment-api in process, and vendor fakes served on loopback: only the vendors are fake."""
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -18,20 +17,10 @@ from segments_shared.jobs.runner import JobRunner
 from segments_shared.secrets import SecretBox
 from sync_worker.runner import SyncRuns, sync_runner
 from sync_worker.settings import SyncWorkerSettings
+from tests.support.waiting import eventually
 
 T = TypeVar("T")
 FINISHED = ("succeeded", "partial", "failed")
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], within: float = 30.0
-) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.05)
 
 
 def worker_settings(service_env: dict[str, str], **overrides: Any) -> SyncWorkerSettings:

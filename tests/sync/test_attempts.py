@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sync_worker.execution import INACTIVE
 from tests.fakes import commerce, webhook
 from tests.fakes.server import serve
-from tests.sync.conftest import Harness, eventually, people, run_row, start_worker
+from tests.support.waiting import eventually
+from tests.sync.conftest import Harness, people, run_row, start_worker
 
 FIND_GROUP = "/rest/admin/v2/member-groups/by-name-and-usage"
 

@@ -20,7 +20,8 @@ from tests.fixtures.infra import ADMIN_KEY, AMQP_URL
 from tests.fixtures.processes import ServiceProcess, Suite, free_port, running_suite
 from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.rabbit import PrivateBroker
-from tests.sync.conftest import eventually, people
+from tests.support.waiting import eventually
+from tests.sync.conftest import people
 from tests.sync.fake_process import FakeProcess, start_fake
 
 pytestmark = pytest.mark.e2e

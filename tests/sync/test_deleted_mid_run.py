@@ -19,7 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.fakes import mailchimp, webhook
 from tests.fakes.server import serve
-from tests.sync.conftest import Harness, eventually, people
+from tests.support.waiting import eventually
+from tests.sync.conftest import Harness, people
 
 
 @dataclass

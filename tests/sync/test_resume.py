@@ -10,7 +10,8 @@ from sqlalchemy import text
 
 from tests.fakes import commerce, mailchimp
 from tests.fakes.server import serve
-from tests.sync.conftest import Harness, eventually, people
+from tests.support.waiting import eventually
+from tests.sync.conftest import Harness, people
 
 
 @pytest_asyncio.fixture
