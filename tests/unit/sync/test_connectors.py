@@ -8,11 +8,9 @@ import pytest
 from segments_shared.destinations import (
     CommerceConfig,
     KlaviyoConfig,
-    MailchimpConfig,
-    SendgridConfig,
     WebhookConfig,
 )
-from sync_worker.connectors import commerce, klaviyo, mailchimp, sendgrid, webhook
+from sync_worker.connectors import commerce, klaviyo, webhook
 from sync_worker.connectors.base import Connector, RemoteSegment, RunContext
 from tests.fakes import commerce as commerce_fake
 from tests.fakes import klaviyo as klaviyo_fake
@@ -20,7 +18,13 @@ from tests.fakes import mailchimp as mailchimp_fake
 from tests.fakes import sendgrid as sendgrid_fake
 from tests.fakes import webhook as webhook_fake
 from tests.unit.sync.memory_limiter import MemoryLimiter
-from tests.unit.sync.vendors import esp_members, store_members, vendor_http
+from tests.unit.sync.vendors import (
+    esp_members,
+    mailchimp_connector,
+    sendgrid_connector,
+    store_members,
+    vendor_http,
+)
 
 SEGMENT_ID = "0190a0a0-0000-7000-8000-000000000001"
 WEBHOOK_SECRET = "unit-webhook-secret-0123"
@@ -40,16 +44,7 @@ async def test_mailchimp_static_segment_by_remembered_id_name_or_creation(
 ) -> None:
     state = mailchimp_fake.MailchimpState()
     audience = state.add_list("list1")
-    config = MailchimpConfig(api_key=state.api_key, list_id="list1", base_url="http://mc.test/3.0")
-    http = await vendor_http(
-        mailchimp_fake.create_app(state),
-        "mailchimp",
-        mailchimp.CAPABILITIES,
-        limiter,
-        base_url=config.resolved_base_url(),
-        auth=("segments", config.api_key),
-    )
-    connector = mailchimp.MailchimpConnector(config, http)
+    connector = await mailchimp_connector(state, limiter)
     try:
         created = await connector.find_or_create_segment("VIP", None)
         assert created.found_by == "created"
@@ -72,16 +67,7 @@ async def test_mailchimp_members_join_the_audience_then_the_segment(
     audience = state.add_list("list1")
     audience.add_member("kept@example.com", status="unsubscribed")
     state.reject("refused@example.com")
-    config = MailchimpConfig(api_key=state.api_key, list_id="list1", base_url="http://mc.test/3.0")
-    http = await vendor_http(
-        mailchimp_fake.create_app(state),
-        "mailchimp",
-        mailchimp.CAPABILITIES,
-        limiter,
-        base_url=config.resolved_base_url(),
-        auth=("segments", config.api_key),
-    )
-    connector = mailchimp.MailchimpConnector(config, http)
+    connector = await mailchimp_connector(state, limiter)
     try:
         remote = await connector.find_or_create_segment("VIP", None)
         result = await connector.add_members(remote, esp_members("ada", "kept", "refused"))
@@ -103,16 +89,7 @@ async def test_mailchimp_members_join_the_audience_then_the_segment(
 @pytest.mark.asyncio
 async def test_sendgrid_list_through_import_and_removal(limiter: MemoryLimiter) -> None:
     state = sendgrid_fake.SendGridState()
-    config = SendgridConfig(api_key=state.api_key, base_url="http://sg.test/v3")
-    http = await vendor_http(
-        sendgrid_fake.create_app(state),
-        "sendgrid",
-        sendgrid.CAPABILITIES,
-        limiter,
-        base_url=config.resolved_base_url(),
-        headers={"Authorization": f"Bearer {config.api_key}"},
-    )
-    connector = sendgrid.SendGridConnector(config, http)
+    connector = await sendgrid_connector(state, limiter)
     try:
         remote = await connector.find_or_create_segment("Newsletter", None)
         assert remote.found_by == "created"

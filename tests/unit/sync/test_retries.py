@@ -6,38 +6,26 @@ import asyncio
 
 import pytest
 
-from segments_shared.destinations import MailchimpConfig, SendgridConfig
-from sync_worker.connectors import mailchimp, sendgrid
+from sync_worker.connectors import mailchimp
 from sync_worker.connectors.base import AuthenticationFailed, ConnectorError
 from tests.fakes import mailchimp as mailchimp_fake
 from tests.fakes import sendgrid as sendgrid_fake
 from tests.unit.sync.memory_limiter import MemoryLimiter
-from tests.unit.sync.vendors import ACCOUNT, POLICY, esp_members, vendor_http
+from tests.unit.sync.vendors import (
+    ACCOUNT,
+    POLICY,
+    esp_members,
+    mailchimp_connector,
+    sendgrid_connector,
+)
 
 SEGMENTS = "GET /3.0/lists/{list_id}/segments"
-
-
-async def mailchimp_connector(
-    state: mailchimp_fake.MailchimpState, limiter: MemoryLimiter, api_key: str | None = None
-) -> mailchimp.MailchimpConnector:
-    state.add_list("list1")
-    config = MailchimpConfig(
-        api_key=api_key or state.api_key, list_id="list1", base_url="http://mc.test/3.0"
-    )
-    http = await vendor_http(
-        mailchimp_fake.create_app(state),
-        "mailchimp",
-        mailchimp.CAPABILITIES,
-        limiter,
-        base_url=config.resolved_base_url(),
-        auth=("segments", config.api_key),
-    )
-    return mailchimp.MailchimpConnector(config, http)
 
 
 @pytest.mark.asyncio
 async def test_transient_answers_are_retried(limiter: MemoryLimiter) -> None:
     state = mailchimp_fake.MailchimpState()
+    state.add_list("list1")
     connector = await mailchimp_connector(state, limiter)
     state.fail_next(503, method="GET", path="/3.0/lists/list1/segments")
     state.fail_next(500, method="GET", path="/3.0/lists/list1/segments")
@@ -55,6 +43,7 @@ async def test_a_vendor_that_keeps_failing_ends_the_run_after_the_attempts(
     limiter: MemoryLimiter,
 ) -> None:
     state = mailchimp_fake.MailchimpState()
+    state.add_list("list1")
     connector = await mailchimp_connector(state, limiter)
     state.fail_next(500, count=POLICY.attempts, method="GET")
     try:
@@ -68,6 +57,7 @@ async def test_a_vendor_that_keeps_failing_ends_the_run_after_the_attempts(
 @pytest.mark.asyncio
 async def test_refused_credentials_end_the_run_at_once(limiter: MemoryLimiter) -> None:
     state = mailchimp_fake.MailchimpState()
+    state.add_list("list1")
     connector = await mailchimp_connector(state, limiter, api_key="wrong-key-us1")
     try:
         with pytest.raises(AuthenticationFailed, match="401"):
@@ -82,16 +72,7 @@ async def test_a_429s_wait_holds_the_account_back_through_the_limiter(
     limiter: MemoryLimiter,
 ) -> None:
     state = sendgrid_fake.SendGridState()
-    config = SendgridConfig(api_key=state.api_key, base_url="http://sg.test/v3")
-    http = await vendor_http(
-        sendgrid_fake.create_app(state),
-        "sendgrid",
-        sendgrid.CAPABILITIES,
-        limiter,
-        base_url=config.resolved_base_url(),
-        headers={"Authorization": f"Bearer {config.api_key}"},
-    )
-    connector = sendgrid.SendGridConnector(config, http)
+    connector = await sendgrid_connector(state, limiter)
     # Vendors send whole seconds; a fraction (read the same way) keeps the test quick.
     state.fail_next(429, retry_after="0.2", method="GET")
     try:
@@ -108,6 +89,7 @@ async def test_a_429s_wait_holds_the_account_back_through_the_limiter(
 @pytest.mark.asyncio
 async def test_no_more_requests_are_out_than_the_vendor_allows(limiter: MemoryLimiter) -> None:
     state = mailchimp_fake.MailchimpState()
+    state.add_list("list1")
     connector = await mailchimp_connector(state, limiter)
     try:
         remote = await connector.find_or_create_segment("VIP", None)

@@ -4,8 +4,12 @@ connector's own `VendorHttp` (credentials, retries, the limiter), no sockets, no
 import httpx
 from starlette.types import ASGIApp
 
+from segments_shared.destinations import MailchimpConfig, SendgridConfig
+from sync_worker.connectors import mailchimp, sendgrid
 from sync_worker.connectors.base import Capabilities, SyncMember
 from sync_worker.connectors.http import RetryPolicy, VendorHttp
+from tests.fakes import mailchimp as mailchimp_fake
+from tests.fakes import sendgrid as sendgrid_fake
 from tests.unit.sync.memory_limiter import MemoryLimiter
 
 ACCOUNT = "account-under-test"
@@ -38,6 +42,39 @@ async def vendor_http(
     await http.client.aclose()
     http.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
     return http
+
+
+async def mailchimp_connector(
+    state: mailchimp_fake.MailchimpState, limiter: MemoryLimiter, api_key: str | None = None
+) -> mailchimp.MailchimpConnector:
+    """A connector to the fake's audience `list1` (added by the caller)."""
+    config = MailchimpConfig(
+        api_key=api_key or state.api_key, list_id="list1", base_url="http://mc.test/3.0"
+    )
+    http = await vendor_http(
+        mailchimp_fake.create_app(state),
+        "mailchimp",
+        mailchimp.CAPABILITIES,
+        limiter,
+        base_url=config.resolved_base_url(),
+        auth=("segments", config.api_key),
+    )
+    return mailchimp.MailchimpConnector(config, http)
+
+
+async def sendgrid_connector(
+    state: sendgrid_fake.SendGridState, limiter: MemoryLimiter
+) -> sendgrid.SendGridConnector:
+    config = SendgridConfig(api_key=state.api_key, base_url="http://sg.test/v3")
+    http = await vendor_http(
+        sendgrid_fake.create_app(state),
+        "sendgrid",
+        sendgrid.CAPABILITIES,
+        limiter,
+        base_url=config.resolved_base_url(),
+        headers={"Authorization": f"Bearer {config.api_key}"},
+    )
+    return sendgrid.SendGridConnector(config, http)
 
 
 def esp_members(*names: str) -> list[SyncMember]:
