@@ -9,7 +9,8 @@ import pytest
 from tests.fakes.server import serve
 from tests.fakes.webhook import WebhookState, create_app
 from tests.fixtures.infra import ADMIN_KEY
-from tests.fixtures.processes import Suite
+from tests.fixtures.processes import PORT_VARIABLES, Suite
+from tests.support.sockets import listening_hosts
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
@@ -158,3 +159,10 @@ async def sync_and_wait(
         return body
 
     return await eventually(status, lambda r: r["status"] not in ("queued", "running"), within=20)
+
+
+@pytest.mark.asyncio
+async def test_every_port_listens_on_the_bind_host_only(suite: Suite) -> None:
+    # The suite runs with SEGMENTS_BIND_HOST=127.0.0.1 (tests/fixtures/processes.py).
+    hosts = {name: listening_hosts(suite[name].port) for name in PORT_VARIABLES}
+    assert hosts == {name: {"127.0.0.1"} for name in PORT_VARIABLES}

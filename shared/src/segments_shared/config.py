@@ -35,3 +35,6 @@ class ServiceSettings(DatabaseSettings, BrokerSettings):
 
     log_level: str = "INFO"
     store_currency: str = "USD"
+    # Every port a service opens listens here: all interfaces in a container, loopback on a
+    # developer's machine (`make run`).
+    bind_host: str = "0.0.0.0"

@@ -92,10 +92,10 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-async def serve_health(app: Starlette, port: int, stopping: asyncio.Event) -> None:
+async def serve_health(app: Starlette, host: str, port: int, stopping: asyncio.Event) -> None:
     """Serve the health app until `stopping` is set; the service owns the signals."""
     config = uvicorn.Config(
-        app, host="0.0.0.0", port=port, log_config=None, access_log=False, lifespan="off"
+        app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
     )
     server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve())

@@ -110,7 +110,7 @@ async def run_worker(
             "jobs": runner.run,
             "notifications": listener.run,
             "relay": relay.run,
-            "health": lambda: serve_health(health, port, stopping),
+            "health": lambda: serve_health(health, settings.bind_host, port, stopping),
         },
         [consumer.stop, runner.stop, listener.stop, relay.stop],
         stopping,

@@ -274,7 +274,7 @@ def _register_problem_schema(app: FastAPI) -> None:
 async def serve(settings: ApiSettings) -> None:
     config = uvicorn.Config(
         create_app(settings),
-        host="0.0.0.0",
+        host=settings.bind_host,
         port=settings.api_port,
         log_config=None,
         access_log=False,
