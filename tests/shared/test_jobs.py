@@ -5,7 +5,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +19,7 @@ from segments_shared.db.notify import Listener
 from segments_shared.jobs import store
 from segments_shared.jobs.runner import JobKind, JobRunner, Lease, Release
 from segments_shared.jobs.store import Claim, ClaimFilter
+from tests.support.backoff import RecordingPolicy
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
@@ -387,18 +387,6 @@ async def test_a_request_notifies_its_queue_once_committed(
 
 
 # The runner ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RecordingPolicy(BackoffPolicy):
-    """The policy, remembering each (attempt, delay) it gave."""
-
-    given: list[tuple[int, float]] = field(default_factory=list)
-
-    def delay(self, attempt: int) -> float:
-        wait = super().delay(attempt)
-        self.given.append((attempt, wait))
-        return wait
 
 
 class Kind(JobKind):

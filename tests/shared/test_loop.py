@@ -4,7 +4,6 @@ LISTEN connection that wakes the loops (segments_shared/db/notify.py)."""
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 
 import pytest
 from sqlalchemy import text
@@ -13,21 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from segments_shared.backoff import BackoffPolicy
 from segments_shared.db.notify import Listener
 from segments_shared.loop import Trouble, WorkerLoop
+from tests.support.backoff import RecordingPolicy
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
-
-
-@dataclass(frozen=True)
-class RecordingPolicy(BackoffPolicy):
-    """The policy, remembering each (attempt, delay) it gave."""
-
-    given: list[tuple[int, float]] = field(default_factory=list)
-
-    def delay(self, attempt: int) -> float:
-        wait = super().delay(attempt)
-        self.given.append((attempt, wait))
-        return wait
 
 
 class Scripted(WorkerLoop):
