@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -271,6 +272,25 @@ def _register_problem_schema(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+class StopRequests:
+    """Signals asking the server to stop. A second one, a while after the first, skips the
+    wait for open connections and the application's shutdown; one arriving with the first is
+    the same request (Ctrl-C reaches every process of the terminal's group, and `make run`'s
+    script then sends SIGTERM too), or the shutdown would be cut short."""
+
+    # Seconds after the first signal from which another one forces the exit.
+    AGAIN_AFTER = 1.0
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+
+    def force(self, now: float) -> bool:
+        if self.first is None:
+            self.first = now
+            return False
+        return now - self.first >= self.AGAIN_AFTER
+
+
 async def serve(settings: ApiSettings) -> None:
     config = uvicorn.Config(
         create_app(settings),
@@ -282,10 +302,10 @@ async def serve(settings: ApiSettings) -> None:
         proxy_headers=True,
     )
     server = EmbeddedServer(config)
+    stops = StopRequests()
 
     def request_stop() -> None:
-        # A second signal skips the wait for open connections.
-        server.force_exit = server.should_exit
+        server.force_exit = stops.force(time.monotonic())
         server.should_exit = True
 
     loop = asyncio.get_running_loop()
