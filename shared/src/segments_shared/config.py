@@ -23,6 +23,8 @@ class DatabaseSettings(SegmentsSettings):
     database_pool_overflow: int = 10
     database_pool_timeout: float = 10.0
     database_command_timeout: float = 60.0
+    # Opening a connection to a host that went silent waits this long, not asyncpg's 60 s.
+    database_connect_timeout: float = 5.0
 
 
 class BrokerSettings(SegmentsSettings):

@@ -7,12 +7,17 @@ runs, so a concurrent retry gets 409 instead of running twice; a 5xx answer rele
 so the client can retry. (A crash between the request's commit and the storing of its answer
 would let a retry run again; the window is one statement.)
 
-A claim is a lease: while the request runs, its holder renews the claim every third of
+A claim is a lease: while the request runs, its holder renews the claim every quarter of
 `LEASE_SECONDS`. A claim left unanswered and unrenewed for longer was left by a holder that
-died (a killed process, a lost connection, a failure storing the answer), and the next retry
-takes it over instead of answering 409 for a day. Each claim carries a token (kept in
-`response_headers` until there is an answer), so a holder that was taken over can neither
-store its answer over the new holder's claim nor release it.
+died (a killed process, a lost connection), and the next retry takes it over instead of
+answering 409 for a day. Each claim carries a token (kept in `response_headers` until there
+is an answer), so a holder that was taken over can neither store its answer over the new
+holder's claim nor release it.
+
+When the database fails the request, it usually fails the release as well. The release (or
+the storing of an answer) is then retried in the background with the suite's back-off, so
+the key is free as soon as the database is back: the client's retry, told to wait by the 503's
+`Retry-After`, runs instead of answering 409 until the lease runs out.
 """
 
 import asyncio
@@ -30,14 +35,18 @@ from starlette.types import Message, Receive, Scope, Send
 from segment_api.deps import ApiKeyCache
 from segment_api.middleware import BodyTooLarge, HttpMiddleware
 from segment_api.problems import database_problem, problem_response
+from segments_shared.backoff import Backoff, BackoffPolicy
 
 log = logging.getLogger(__name__)
 
 HEADER = b"idempotency-key"
 KEPT_HOURS = 24
 REPLAYED_HEADERS = ("content-type", "location", "etag")
-# An unanswered claim not renewed for this long was abandoned by its holder.
-LEASE_SECONDS = 60.0
+# An unanswered claim not renewed for this long was abandoned by its holder: short, since a
+# retry waits that long at most when the holder died.
+LEASE_SECONDS = 10.0
+# How long a failed release or store is retried before the lease is left to expire.
+FINISH_RETRY_SECONDS = 60.0
 
 # Takes the key if it is free, expired (24 hours after its answer), or abandoned.
 _CLAIM = text(
@@ -192,22 +201,42 @@ class IdempotencyMiddleware(HttpMiddleware):
         headers: dict[str, str],
         chunks: list[bytes],
     ) -> None:
+        if status >= 500:
+            statement, params = _RELEASE, ids
+        else:
+            answer = {"status": status, "headers": json.dumps(headers), "body": b"".join(chunks)}
+            statement, params = _STORE, {**ids, **answer}
         try:
             async with engine.begin() as conn:
-                if status >= 500:
-                    await conn.execute(_RELEASE, ids)
-                else:
-                    await conn.execute(
-                        _STORE,
-                        {
-                            **ids,
-                            "status": status,
-                            "headers": json.dumps(headers),
-                            "body": b"".join(chunks),
-                        },
-                    )
-        except Exception:
-            log.exception("could not record an idempotent response")
+                await conn.execute(statement, params)
+        except Exception as exc:
+            log.warning(
+                "could not record an idempotent response, retrying in the background",
+                extra={"status": status, "error": repr(exc)},
+            )
+            task = asyncio.create_task(_finish_later(engine, statement, params))
+            _finishing.add(task)
+            task.add_done_callback(_finishing.discard)
+
+
+# Background retries of `_finish`, kept referenced until they end.
+_finishing: set[asyncio.Task[None]] = set()
+
+
+async def _finish_later(engine: AsyncEngine, statement: Any, params: dict[str, Any]) -> None:
+    """Retry a release or store until the database takes it. The claim's token makes a late
+    one harmless: it cannot touch a claim another request took over meanwhile."""
+    backoff = Backoff(BackoffPolicy(base=0.1, cap=2.0))
+    deadline = asyncio.get_running_loop().time() + FINISH_RETRY_SECONDS
+    while asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(backoff.next_delay())
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(statement, params)
+            return
+        except Exception as exc:
+            log.debug("idempotency record retry failed", extra={"error": repr(exc)})
+    log.error("gave up recording an idempotent response; the claim's lease will expire")
 
 
 class _Claim:
@@ -233,7 +262,7 @@ class _Existing:
 async def _renew(engine: AsyncEngine, ids: dict[str, Any]) -> None:
     """Keep the claim alive while the request runs; a failed renewal is retried next time."""
     while True:
-        await asyncio.sleep(LEASE_SECONDS / 3)
+        await asyncio.sleep(LEASE_SECONDS / 4)
         try:
             async with engine.begin() as conn:
                 await conn.execute(_RENEW, ids)

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -256,6 +257,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(asyncpg.PostgresError)
     @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)
+    @app.exception_handler(PoolTimeout)
     async def _database(request: Request, exc: Exception) -> Response:
         response = database_problem(exc, request.url.path)
         return response if response is not None else await _unexpected(request, exc)
@@ -301,6 +303,11 @@ def unavailable_problem(exc: BaseException, instance: str | None = None) -> Resp
     ):
         log.warning("database connection lost", extra={"path": instance})
         return _retry_after(1, "the database connection was lost; retry the request", instance)
+    if isinstance(exc, PoolTimeout):
+        # Every pooled connection stayed busy for SEGMENTS_DATABASE_POOL_TIMEOUT: the database
+        # is slow or the load is more than it serves; nothing of this request ran.
+        log.warning("no database connection free in time", extra={"path": instance})
+        return _retry_after(2, "the service is busy; nothing was changed, retry later", instance)
     if isinstance(exc, TimeoutError):
         # asyncpg's command timeout (SEGMENTS_DATABASE_COMMAND_TIMEOUT): the transaction
         # was abandoned and its connection closed.

@@ -34,6 +34,7 @@ def create_engine(
         # (docs/pitfalls.md#postgresql-asyncpg-and-sqlalchemy).
         connect_args={
             "command_timeout": settings.database_command_timeout,
+            "timeout": settings.database_connect_timeout,
             "server_settings": {"timezone": "UTC", "application_name": "segments"},
         },
     )
