@@ -4,8 +4,10 @@ Every variable is read from the environment with the `SEGMENTS_` prefix; nothing
 import time: services build their settings in `main()` or in the app factory.
 """
 
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from segments_shared.netguard import AllowList
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@localhost:5432/segments"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
@@ -40,3 +42,20 @@ class ServiceSettings(DatabaseSettings, BrokerSettings):
     # Every port a service opens listens here: all interfaces in a container, loopback on a
     # developer's machine (`make run`).
     bind_host: str = "0.0.0.0"
+
+
+class DestinationSettings(SegmentsSettings):
+    """What segment-api (saving) and sync-worker (connecting) check destination URLs with."""
+
+    # Hosts or CIDR ranges in private space destinations may use (segments_shared/netguard.py).
+    allow_private_destinations: str = ""
+
+    @field_validator("allow_private_destinations")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        AllowList.parse(value)  # a mistyped entry stops the service at start-up
+        return value
+
+    @property
+    def destination_allow_list(self) -> AllowList:
+        return AllowList.parse(self.allow_private_destinations)

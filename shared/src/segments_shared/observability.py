@@ -8,6 +8,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from segments_shared.redaction import redact_urls
+
 correlation_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "correlation_id", default=None
 )
@@ -47,7 +49,9 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        # Whatever logged it (httpx logs every request's URL), a URL's password or token
+        # never reaches the log.
+        return redact_urls(json.dumps(entry, default=str))
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
