@@ -30,6 +30,7 @@ class DatabaseSettings(SegmentsSettings):
 
 
 class BrokerSettings(SegmentsSettings):
+    # One node, or several of one cluster comma-separated (segments_shared/bus/addresses.py).
     amqp_url: SecretStr = SecretStr(DEFAULT_AMQP_URL)
     bus_prefix: str = "segments"
 

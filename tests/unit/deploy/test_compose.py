@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from segments_shared.bus.addresses import parse_broker_addresses
 from tests.unit.deploy.sources import (
     DOCKERFILE,
     DOCUMENTED_VARIABLES,
@@ -287,3 +288,81 @@ def test_env_example_lists_every_variable_with_its_default() -> None:
 )
 def test_interpolation_reads_values_the_way_compose_does(value: str, expected: str) -> None:
     assert interpolate(value) == expected
+
+
+CLUSTER_NODES = ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
+CLUSTER_CONF = ROOT / "deploy" / "rabbitmq" / "cluster.conf"
+
+
+def in_profile(service: dict[str, Any], profile: str) -> bool:
+    return profile in (service.get("profiles") or [])
+
+
+def rabbitmq_conf(text: str) -> dict[str, str]:
+    """RabbitMQ's sysctl-like format: `key = value`, `#` comments."""
+    settings = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    return settings
+
+
+def test_the_cluster_profile_is_three_rabbitmq_nodes_that_find_each_other(
+    services: dict[str, dict[str, Any]], compose: dict[str, Any]
+) -> None:
+    clustered = sorted(name for name, service in services.items() if in_profile(service, "cluster"))
+    assert clustered == list(CLUSTER_NODES)
+    for name in (*INFRASTRUCTURE, *SERVICES):  # a plain `docker compose up` is unchanged
+        assert not services[name].get("profiles"), f"{name} must start without a profile"
+    nodes = {name: services[name] for name in CLUSTER_NODES}
+    hostnames = {name: node.get("hostname") for name, node in nodes.items()}
+    assert hostnames == {name: name for name in CLUSTER_NODES}, "a stable node name each"
+    cookies = {compose_environment(node).get("RABBITMQ_ERLANG_COOKIE") for node in nodes.values()}
+    assert len(cookies) == 1, "one shared cookie"
+    assert cookies.pop(), "a cookie set"
+    published = set()
+    declared = set(compose.get("volumes") or {})
+    for name, node in nodes.items():
+        assert str(node["image"]).startswith("rabbitmq:"), name
+        assert re.search(r"rabbitmq-diagnostics\s+(-q\s+)?ping", healthcheck_command(node))
+        mounts = {
+            str(volume).split(":")[1]: str(volume).split(":")[0] for volume in node["volumes"]
+        }
+        assert mounts["/var/lib/rabbitmq"] in declared, f"{name} keeps no named data volume"
+        conf = [source for target, source in mounts.items() if target.startswith("/etc/rabbitmq/")]
+        assert [(ROOT / source).resolve() for source in conf] == [CLUSTER_CONF], name
+        ports = container_ports(node)
+        assert ports[5672].startswith("127.0.0.1:"), f"{name}: AMQP on loopback only"
+        published.add(ports[5672])
+    assert len(published) == 3, "each node on a host port of its own"
+    data = {str(nodes[name]["volumes"][0]).split(":")[0] for name in CLUSTER_NODES}
+    assert len(data) == 3, "each node keeps its own data"
+
+    settings = rabbitmq_conf(CLUSTER_CONF.read_text())
+    assert settings["cluster_formation.peer_discovery_backend"] == "classic_config"
+    listed = {v for k, v in settings.items() if k.startswith("cluster_formation.classic_config.")}
+    assert listed == {f"rabbit@{hostname}" for hostname in hostnames.values()}
+
+
+def test_the_services_can_be_pointed_at_the_cluster(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """By SEGMENTS_COMPOSE_AMQP_URL, with the URL docs/operations.md gives, which names every
+    node of the profile."""
+    for name in LONG_RUNNING:
+        raw = str(services[name]["environment"]["SEGMENTS_AMQP_URL"])
+        assert raw.startswith("${SEGMENTS_COMPOSE_AMQP_URL:-"), name
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    documented = re.findall(r"SEGMENTS_COMPOSE_AMQP_URL=(\S+) docker compose", operations)
+    assert documented, "docs/operations.md shows no SEGMENTS_COMPOSE_AMQP_URL"
+    for url in documented:
+        wheres = [address.where for address in parse_broker_addresses(url)]
+        assert wheres == [f"{node}:5672" for node in CLUSTER_NODES]
+    published = [container_ports(services[node])[5672] for node in CLUSTER_NODES]
+    from_host = re.findall(r"(?<![A-Z_])SEGMENTS_AMQP_URL=(\S+) make run", operations)
+    assert from_host, "docs/operations.md shows no SEGMENTS_AMQP_URL for `make run`"
+    for url in from_host:
+        wheres = [address.where for address in parse_broker_addresses(url)]
+        assert wheres == published

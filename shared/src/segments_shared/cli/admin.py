@@ -10,7 +10,7 @@ import aio_pika
 from sqlalchemy import text
 
 from segments_shared.apikeys import SCOPES, create_key, list_keys, revoke_key
-from segments_shared.bus.connection import amqp_url_with_defaults
+from segments_shared.bus.connection import broker_addresses, connect_first
 from segments_shared.bus.topology import SERVICE_BINDINGS, Topology, declare_service_queue
 from segments_shared.config import BrokerSettings, DatabaseSettings
 from segments_shared.db.engine import create_engine
@@ -59,8 +59,8 @@ async def _replay_dlq(service: str, limit: int | None) -> int:
     services already processed them)."""
     settings = BrokerSettings()
     topology = Topology(settings.bus_prefix)
-    url = amqp_url_with_defaults(settings.amqp_url.get_secret_value())
-    connection = await aio_pika.connect(url)
+    addresses = broker_addresses(settings.amqp_url.get_secret_value())
+    connection, _ = await connect_first(addresses, "segments-admin")
     moved = 0
     try:
         channel = await connection.channel(publisher_confirms=True)

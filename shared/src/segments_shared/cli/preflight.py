@@ -5,11 +5,11 @@ import asyncio
 import logging
 import sys
 
-import aio_pika
 import asyncpg
 from sqlalchemy.engine import make_url
-from yarl import URL
 
+from segments_shared.bus.addresses import BrokerAddress
+from segments_shared.bus.connection import BrokerUnreachable, broker_addresses, connect_first
 from segments_shared.config import BrokerSettings, DatabaseSettings
 from segments_shared.db.engine import asyncpg_dsn
 
@@ -35,11 +35,12 @@ async def _postgres(url: str) -> str | None:
     return None
 
 
-async def _rabbitmq(url: str) -> str | None:
+async def _rabbitmq(addresses: list[BrokerAddress]) -> str | None:
+    """Reachable when one node answers: the services fail over to it."""
     try:
-        connection = await aio_pika.connect(url, timeout=5)
-    except Exception as exc:
-        return repr(exc)
+        connection, _ = await connect_first(addresses, "segments-preflight")
+    except BrokerUnreachable as exc:
+        return str(exc)
     await connection.close()
     return None
 
@@ -48,13 +49,13 @@ async def check() -> list[str]:
     database = DatabaseSettings()
     broker = BrokerSettings()
     database_url = make_url(database.database_url)
-    broker_url = broker.amqp_url.get_secret_value()
-    results = await asyncio.gather(_postgres(database.database_url), _rabbitmq(broker_url))
+    addresses = broker_addresses(broker.amqp_url.get_secret_value())
+    results = await asyncio.gather(_postgres(database.database_url), _rabbitmq(addresses))
     problems = []
     for (name, where), error in zip(
         (
             ("PostgreSQL", f"{database_url.host}:{database_url.port or 5432}"),
-            ("RabbitMQ", f"{URL(broker_url).host}:{URL(broker_url).port or 5672}"),
+            ("RabbitMQ", ", ".join(address.where for address in addresses)),
         ),
         results,
         strict=True,
