@@ -10,6 +10,9 @@ export SEGMENTS_SECRET_KEY="${SEGMENTS_SECRET_KEY:-dev-only-secret-change-me}"
 export SEGMENTS_BOOTSTRAP_API_KEY="${SEGMENTS_BOOTSTRAP_API_KEY:-sk_dev_admin_key}"
 # Only this machine reaches the services (containers listen on every interface).
 export SEGMENTS_BIND_HOST="${SEGMENTS_BIND_HOST:-127.0.0.1}"
+# Destinations may point at the vendor fakes on this machine (docs/sync.md, "Trying it locally
+# with the fakes"); anywhere else private stays refused.
+export SEGMENTS_ALLOW_PRIVATE_DESTINATIONS="${SEGMENTS_ALLOW_PRIVATE_DESTINATIONS:-127.0.0.1}"
 
 "$bin/python" -m segments_shared.cli.preflight || exit 1
 "$bin/segments-db" upgrade

@@ -29,6 +29,7 @@ def worker_settings(service_env: dict[str, str], **overrides: Any) -> SyncWorker
         "amqp_url": service_env["SEGMENTS_AMQP_URL"],
         "bus_prefix": service_env["SEGMENTS_BUS_PREFIX"],
         "secret_key": service_env["SEGMENTS_SECRET_KEY"],
+        "allow_private_destinations": service_env["SEGMENTS_ALLOW_PRIVATE_DESTINATIONS"],
         # Short waits keep fault tests quick; the behaviour is the same.
         "sync_lease_seconds": 5.0,
         "sync_retry_attempts": 6,

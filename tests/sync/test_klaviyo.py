@@ -9,6 +9,7 @@ import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from segments_shared.destinations import KlaviyoConfig
+from segments_shared.netguard import AllowList
 from sync_worker.connectors import klaviyo as connector_module
 from sync_worker.connectors.base import RunContext, SyncMember
 from sync_worker.connectors.http import RetryPolicy
@@ -16,6 +17,7 @@ from sync_worker.connectors.registry import build_connector
 from sync_worker.limiter import VendorLimiter
 from tests.fakes import klaviyo
 from tests.fakes.server import serve
+from tests.fixtures.infra import FAKES_ALLOWED
 from tests.sync.conftest import Harness, people
 
 
@@ -145,6 +147,7 @@ async def test_a_batch_over_5_mb_is_imported_in_several_jobs(
         timeout=httpx.Timeout(30.0),
         policy=RetryPolicy(attempts=3, base_seconds=0.01, cap_seconds=0.1),
         limiter=limiter,
+        allow=AllowList.parse(FAKES_ALLOWED),
     )
     members = [
         SyncMember(

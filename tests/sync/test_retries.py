@@ -13,11 +13,13 @@ import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Receive, Scope, Send
 
+from segments_shared.netguard import AllowList
 from sync_worker.connectors import sendgrid as sendgrid_module
 from sync_worker.connectors.http import RetryPolicy, VendorHttp, vendor_wait
 from sync_worker.limiter import VendorLimiter
 from tests.fakes import sendgrid
 from tests.fakes.server import serve
+from tests.fixtures.infra import FAKES_ALLOWED
 from tests.sync.conftest import Harness, people
 
 
@@ -94,6 +96,7 @@ async def test_credentials_go_only_to_the_vendors_own_origin(clean_db: AsyncEngi
             "sendgrid-origin-test",
             sendgrid_module.CAPABILITIES,
             base_url=f"{api}/v3",
+            allow=AllowList.parse(FAKES_ALLOWED),
             headers={"Authorization": "Bearer SG.secret"},
         )
         try:

@@ -1,4 +1,5 @@
-"""Keeping credentials carried in URLs out of logs and errors (docs/operations.md#logs).
+"""Keeping credentials carried in URLs out of logs and errors
+(docs/vendors.md#urls-in-logs-and-errors).
 
 A URL may hold a password (`https://user:pass@host/`, `amqp://guest:guest@broker/`) or a
 token in its query (`?token=...`, `?api_key=...`, a signed link's `signature`). Every log line

@@ -5,6 +5,7 @@ import httpx
 from starlette.types import ASGIApp
 
 from segments_shared.destinations import MailchimpConfig, SendgridConfig
+from segments_shared.netguard import AllowList
 from sync_worker.connectors import mailchimp, sendgrid
 from sync_worker.connectors.base import Capabilities, SyncMember
 from sync_worker.connectors.http import RetryPolicy, VendorHttp
@@ -35,6 +36,7 @@ async def vendor_http(
         ACCOUNT,
         capabilities,
         base_url=base_url,
+        allow=AllowList(),
         headers=headers,
         auth=auth,
     )

@@ -1,10 +1,10 @@
 from pydantic import SecretStr, field_validator
 
 from segment_api.rules.settings import RefreshSettings
-from segments_shared.config import ServiceSettings
+from segments_shared.config import DestinationSettings, ServiceSettings
 
 
-class ApiSettings(ServiceSettings, RefreshSettings):
+class ApiSettings(ServiceSettings, DestinationSettings, RefreshSettings):
     api_port: int = 8000
     bootstrap_api_key: SecretStr | None = None
     secret_key: SecretStr | None = None

@@ -61,6 +61,7 @@ class SyncRuns(JobKind):
         )
         self.limiter = VendorLimiter(engine)
         self.timeout = httpx.Timeout(settings.sync_request_timeout_seconds, connect=10.0)
+        self.allow = settings.destination_allow_list
 
     async def claimed(self, conn: AsyncConnection, jobs: list[Claim]) -> None:
         await runs.mark_running(conn, jobs)
@@ -89,7 +90,9 @@ class SyncRuns(JobKind):
     async def _carry_out(self, execution: Execution, lease: Lease) -> None:
         run = execution.run
         try:
-            await execute_run(execution, self.secret_box, self.timeout, self.policy, self.limiter)
+            await execute_run(
+                execution, self.secret_box, self.timeout, self.policy, self.limiter, self.allow
+            )
             RUNS_ENDED.labels("finished").inc()
         except runs.RunDeleted as exc:
             self._ended_deleted(run, exc.cause)

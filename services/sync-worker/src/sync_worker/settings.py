@@ -1,9 +1,9 @@
 from pydantic import SecretStr
 
-from segments_shared.config import ServiceSettings
+from segments_shared.config import DestinationSettings, ServiceSettings
 
 
-class SyncWorkerSettings(ServiceSettings):
+class SyncWorkerSettings(ServiceSettings, DestinationSettings):
     sync_worker_port: int = 8001
     secret_key: SecretStr | None = None
     # Runs one worker process carries at once.

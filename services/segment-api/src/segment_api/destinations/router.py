@@ -11,6 +11,7 @@ from segment_api.parameters import DestinationId, DestinationIfMatch
 from segment_api.problems import ProblemException
 from segment_api.responses import answers, created, tagged
 from segments_shared.destinations import DestinationType
+from segments_shared.netguard import AllowList
 from segments_shared.secrets import SecretBox
 
 router = APIRouter(prefix="/v1/destinations", tags=["destinations"])
@@ -23,6 +24,15 @@ def _configured_box(request: Request) -> SecretBox | None:
 
 # None when SEGMENTS_SECRET_KEY is not set: reading then masks the credentials without it.
 ConfiguredBox = Annotated[SecretBox | None, Depends(_configured_box)]
+
+
+def _allow_list(request: Request) -> AllowList:
+    allow: AllowList = request.app.state.settings.destination_allow_list
+    return allow
+
+
+# SEGMENTS_ALLOW_PRIVATE_DESTINATIONS: the private hosts and ranges a destination may use.
+Allowed = Annotated[AllowList, Depends(_allow_list)]
 
 
 def secret_box(request: Request) -> SecretBox:
@@ -43,9 +53,14 @@ def secret_box(request: Request) -> SecretBox:
     responses=answers(503, body=True),
 )
 async def create_destination(
-    body: DestinationCreate, db: Db, _: AdminKey, request: Request, response: Response
+    body: DestinationCreate,
+    db: Db,
+    _: AdminKey,
+    allow: Allowed,
+    request: Request,
+    response: Response,
 ) -> Destination:
-    destination = await service.create_destination(db, body, secret_box(request))
+    destination = await service.create_destination(db, body, secret_box(request), allow)
     return created(request, response, destination, "get_destination", "destination_id")
 
 
@@ -94,10 +109,11 @@ async def update_destination(
     db: Db,
     _: AdminKey,
     box: ConfiguredBox,
+    allow: Allowed,
     response: Response,
     if_match: DestinationIfMatch = None,
 ) -> Destination:
-    destination = await service.update_destination(db, destination_id, body, if_match, box)
+    destination = await service.update_destination(db, destination_id, body, if_match, box, allow)
     return tagged(response, destination)
 
 

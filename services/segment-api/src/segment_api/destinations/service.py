@@ -1,5 +1,6 @@
-"""Destinations: configuration validated per type, credentials encrypted at rest and shown
-masked, `version` bumped by every edit (the ETag)."""
+"""Destinations: configuration validated per type, URLs kept out of our own network and free
+of credentials, credentials encrypted at rest and shown masked, `version` bumped by every edit
+(the ETag)."""
 
 import uuid
 from typing import Any
@@ -21,6 +22,8 @@ from segments_shared.destinations import (
     account_key,
     split_secrets,
 )
+from segments_shared.netguard import AllowList, BlockedDestination, check_host, has_user_info
+from segments_shared.redaction import strip_user_info
 from segments_shared.secrets import SecretBox, mask
 
 # What a destination points at: changing one of these makes it another place, where our
@@ -32,22 +35,53 @@ TARGET_FIELDS: dict[str, tuple[str, ...]] = {
     "webhook": ("url",),
     "commerce": ("store_id",),
 }
+# Settings that are URLs the worker connects to (docs/vendors.md#private-addresses).
+URL_FIELDS = ("base_url", "url")
+USER_INFO = (
+    "must not carry user information (user:pass@): credentials go in the destination's "
+    "secret settings, where they are encrypted and masked"
+)
 
 
 def _escape(part: object) -> str:
     return str(part).replace("~", "~0").replace("/", "~1")
 
 
-def _config_errors(exc: ValidationError) -> ProblemException:
-    errors = [
-        {
-            "pointer": "/config" + "".join(f"/{_escape(part)}" for part in error["loc"]),
-            "detail": error["msg"],
-        }
-        for error in exc.errors()
-    ]
+def _invalid(errors: list[dict[str, str]]) -> ProblemException:
     detail = "; ".join(f"{error['pointer']}: {error['detail']}" for error in errors[:5])
     return ProblemException(422, detail, errors=errors)
+
+
+def _config_errors(exc: ValidationError) -> ProblemException:
+    return _invalid(
+        [
+            {
+                "pointer": "/config" + "".join(f"/{_escape(part)}" for part in error["loc"]),
+                "detail": error["msg"],
+            }
+            for error in exc.errors()
+        ]
+    )
+
+
+async def _check_urls(config: DestinationConfig, allow: AllowList) -> None:
+    """422 at each URL that carries credentials or points into our network. The host is
+    resolved now; the worker checks again the address it connects to, every time."""
+    errors = []
+    for name in URL_FIELDS:
+        url = getattr(config, name, None)
+        if url is None:
+            continue
+        pointer = f"/config/{name}"
+        if has_user_info(str(url)):
+            errors.append({"pointer": pointer, "detail": USER_INFO})
+            continue
+        try:
+            await check_host(str(url.host), allow)
+        except BlockedDestination as exc:
+            errors.append({"pointer": pointer, "detail": str(exc)})
+    if errors:
+        raise _invalid(errors)
 
 
 def _validate(destination_type: str, values: dict[str, Any]) -> DestinationConfig:
@@ -64,6 +98,10 @@ def to_destination(row: Any, secret_box: SecretBox | None) -> Destination:
     for name in SECRET_FIELDS[destination.type]:
         secret = secrets.get(name)
         config[name] = mask(secret) if secret else "****"
+    for name in URL_FIELDS:
+        # Saved before user information was refused: its password is not shown either.
+        if isinstance(config.get(name), str):
+            config[name] = strip_user_info(config[name])
     return Destination(
         id=destination.id,
         name=destination.name,
@@ -85,9 +123,10 @@ def _stored(destination_type: str, config: DestinationConfig, box: SecretBox) ->
 
 
 async def create_destination(
-    conn: AsyncConnection, body: DestinationCreate, secret_box: SecretBox
+    conn: AsyncConnection, body: DestinationCreate, secret_box: SecretBox, allow: AllowList
 ) -> Destination:
     config = _validate(body.type, body.config)
+    await _check_urls(config, allow)
     row = await repository.insert_destination(
         conn, {"name": body.name, "type": body.type, **_stored(body.type, config, secret_box)}
     )
@@ -151,6 +190,7 @@ async def update_destination(
     body: DestinationUpdate,
     if_match: str | None,
     secret_box: SecretBox | None,
+    allow: AllowList,
 ) -> Destination:
     row = await repository.lock(conn, destination_id)
     if row is None:
@@ -166,6 +206,7 @@ async def update_destination(
             )
         old = _validate(row.type, {**row.config, **secret_box.decrypt(row.secrets)})
         new = _validate(row.type, _merged_config(row, body.config, secret_box))
+        await _check_urls(new, allow)
         if _retargeted(row, old, new):
             if await repository.has_active_run(conn, destination_id):
                 raise ProblemException(

@@ -4,6 +4,10 @@
 `sleep = random(0, min(cap, base * 2 ** attempt))`, preferring the vendor's own wait
 (`Retry-After` in seconds or as an HTTP date, or on a 429 SendGrid's reset time), which a 429
 also shares with every replica through the limiter. 401 and 403 end the run.
+
+Connections go only to addresses a destination may use (`transport.py`); a refused address
+ends the run, naming SEGMENTS_ALLOW_PRIVATE_DESTINATIONS. A run's error quotes the vendor's own
+error fields, or a short excerpt of a body it cannot read (docs/vendors.md#errors).
 """
 
 import asyncio
@@ -20,16 +24,38 @@ import httpx
 from prometheus_client import Counter
 
 from segments_shared.backoff import BackoffPolicy
+from segments_shared.netguard import AllowList, BlockedDestination, has_user_info
+from segments_shared.redaction import redact_urls
 from sync_worker.connectors.base import (
     AuthenticationFailed,
     Capabilities,
     ConnectorError,
     CreatedMeanwhile,
 )
+from sync_worker.connectors.transport import GuardedTransport
 
 log = logging.getLogger(__name__)
 
 RETRIES = Counter("segments_vendor_retries", "Vendor requests retried", ["vendor", "reason"])
+
+# Of a body we cannot read, an error quotes at most this many characters: enough to tell a
+# proxy's error page from a vendor's, too little to copy a vendor's page into our records.
+EXCERPT_CHARS = 200
+# The vendor's own error fields (its `errors` list may be long), joined, at most this long.
+DETAILS_CHARS = 600
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """`text` on one line, at most `limit` characters, URLs' credentials masked."""
+    flat = redact_urls(" ".join(text.split()))
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def answer_text(response: httpx.Response, details: str = "") -> str:
+    """An answer in an error: its status, and the vendor's error fields (`details`, as its
+    connector reads them) or else an excerpt of the body."""
+    said = excerpt(details, DETAILS_CHARS) if details else excerpt(response.text)
+    return f"HTTP {response.status_code}: {said}" if said else f"HTTP {response.status_code}"
 
 
 @dataclass(frozen=True)
@@ -110,18 +136,21 @@ class VendorHttp:
         capabilities: Capabilities,
         *,
         base_url: str,
+        allow: AllowList,
         headers: dict[str, str] | None = None,
         auth: tuple[str, str] | None = None,
     ) -> None:
         self.vendor = vendor
         # A client of its own, its pool no larger than the vendor's concurrency: httpcore
-        # walks the whole pool for every request.
+        # walks the whole pool for every request. Redirects are answers, never followed.
+        limits = httpx.Limits(
+            max_connections=capabilities.concurrency,
+            max_keepalive_connections=capabilities.concurrency,
+        )
         self.client = httpx.AsyncClient(
             timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=capabilities.concurrency,
-                max_keepalive_connections=capabilities.concurrency,
-            ),
+            transport=GuardedTransport(allow, limits),
+            follow_redirects=False,
         )
         self.policy = policy
         self.limiter = limiter
@@ -162,6 +191,11 @@ class VendorHttp:
         `recheck`, for a create, looks for what it creates before each retry (see `send`)."""
         body = content
         url = self.url(path)
+        if has_user_info(url):
+            raise ConnectorError(
+                f"{describe}: the URL carries user information (user:pass@), which is refused; "
+                "credentials go in the destination's secret settings"
+            )
         own = self._own_origin(url)
         vendor_headers = self.headers if own else {}
         auth = self.auth if own else None
@@ -177,9 +211,13 @@ class VendorHttp:
             if sign is not None:
                 headers.update(sign(body or b""))
             async with self.limiter.request(self.account, self.capabilities):
-                return await self.client.request(
-                    method, url, content=body, params=params, headers=headers, auth=auth
-                )
+                try:
+                    return await self.client.request(
+                        method, url, content=body, params=params, headers=headers, auth=auth
+                    )
+                except BlockedDestination as exc:
+                    # Retrying cannot help: the run fails, saying which setting would allow it.
+                    raise ConnectorError(f"{self.vendor} {describe}: {exc}") from exc
 
         return await send(
             self.vendor, attempt, self.policy, describe=describe, pause=self._pause, recheck=recheck
@@ -213,19 +251,19 @@ async def send(
             response = await request()
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             reason = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
-            last_error = f"{describe}: {reason} ({exc!r})"
+            last_error = f"{describe}: {reason} ({excerpt(repr(exc))})"
             wait = policy.backoff(attempt)
             maybe_done = True
         else:
             if response.status_code in (401, 403):
                 raise AuthenticationFailed(
                     f"{vendor} refused the credentials ({response.status_code}) on {describe}: "
-                    f"{response.text[:300]}"
+                    f"{excerpt(response.text)}"
                 )
             if not is_retryable(response):
                 return response
             reason = str(response.status_code)
-            last_error = f"{describe}: HTTP {response.status_code} {response.text[:200]}"
+            last_error = f"{describe}: {answer_text(response)}"
             maybe_done = maybe_done or response.status_code >= 500  # a 429 was turned away
             vendor_delay = vendor_wait(response)
             if vendor_delay is not None and pause is not None and response.status_code == 429:

@@ -19,7 +19,7 @@ from sync_worker.connectors.base import (
     SyncMember,
     failed_all,
 )
-from sync_worker.connectors.http import VendorHttp
+from sync_worker.connectors.http import VendorHttp, answer_text
 from sync_worker.connectors.vendor import Recheck, VendorConnector
 
 CAPABILITIES = Capabilities(batch_size=500, concurrency=10)
@@ -66,9 +66,9 @@ class MailchimpConnector(VendorConnector[MailchimpConfig]):
         try:
             body = response.json()
         except ValueError:
-            return f"HTTP {response.status_code}: {response.text[:200]}"
+            return answer_text(response)
         detail = body.get("detail") if isinstance(body, dict) else None
-        return f"HTTP {response.status_code}: {detail or response.text[:200]}"
+        return answer_text(response, str(detail or ""))
 
     def segment_path(self, segment_id: str) -> str:
         return f"{self.audience}/segments/{quote(segment_id, safe='')}"

@@ -11,6 +11,7 @@ from segments_shared.destinations import (
     SendgridConfig,
     WebhookConfig,
 )
+from segments_shared.netguard import AllowList
 from sync_worker.connectors import commerce, klaviyo, mailchimp, sendgrid, webhook
 from sync_worker.connectors.base import Capabilities, Connector, RunContext
 from sync_worker.connectors.commerce import CommerceConnector
@@ -34,7 +35,10 @@ def build_connector(
     timeout: httpx.Timeout,
     policy: RetryPolicy,
     limiter: VendorLimiter,
+    allow: AllowList,
 ) -> Connector:
+    """`allow`: the private hosts and ranges the connector may reach (netguard)."""
+
     def http(
         vendor: str,
         capabilities: Capabilities,
@@ -50,6 +54,7 @@ def build_connector(
             account,
             capabilities,
             base_url=config.resolved_base_url(),
+            allow=allow,
             headers=headers,
             auth=auth,
         )

@@ -16,7 +16,7 @@ from sync_worker.connectors.base import (
     FoundBy,
     RemoteSegment,
 )
-from sync_worker.connectors.http import VendorHttp
+from sync_worker.connectors.http import VendorHttp, answer_text
 
 # Looks for a segment by name: what a create that may have happened after all passes to
 # `VendorHttp.request` as its `recheck`.
@@ -111,13 +111,13 @@ class VendorConnector(ABC, Generic[C]):
 
     def error_text(self, response: httpx.Response) -> str:
         """The vendor's answer in one line, for errors: the entries of its `errors` list, or
-        the start of the body."""
+        a short excerpt of the body."""
         try:
             errors = response.json().get("errors") or []
             details = "; ".join(self.error_entry(e) for e in errors if isinstance(e, dict))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, TypeError):
             details = ""
-        return f"HTTP {response.status_code}: {details or response.text[:200]}"
+        return answer_text(response, details)
 
     @staticmethod
     def error_entry(error: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from sync_worker.connectors.base import (
     RunContext,
     SyncMember,
 )
-from sync_worker.connectors.http import VendorHttp
+from sync_worker.connectors.http import VendorHttp, excerpt
 
 CAPABILITIES = Capabilities(
     batch_size=1000, concurrency=4, member_key="external_id", reachable_only=False
@@ -104,7 +104,7 @@ class WebhookConnector:
         )
         if response.is_success:
             return BatchResult()
-        reason = f"the webhook answered {response.status_code}: {response.text[:200]}"
+        reason = f"the webhook answered {response.status_code}: {excerpt(response.text)}"
         return BatchResult(failed={member.key: reason for member in added + removed})
 
     async def aclose(self) -> None:

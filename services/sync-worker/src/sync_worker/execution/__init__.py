@@ -14,6 +14,7 @@ import logging
 import httpx
 
 from segments_shared.db.types import AnyRow
+from segments_shared.netguard import AllowList
 from segments_shared.secrets import SecretBox
 from sync_worker.connectors.base import Connector, ConnectorError
 from sync_worker.connectors.http import RetryPolicy
@@ -38,11 +39,12 @@ async def execute_run(
     request_timeout: httpx.Timeout,
     policy: RetryPolicy,
     limiter: VendorLimiter,
+    allow: AllowList,
 ) -> None:
     run = execution.run
     execution.stats = {name: int(run.stats.get(name, 0)) for name in STAT_NAMES}
     execution.checkpoint = Checkpoint.load(run.checkpoint)
-    ready = await prepare(execution, secret_box, request_timeout, policy, limiter)
+    ready = await prepare(execution, secret_box, request_timeout, policy, limiter, allow)
     if isinstance(ready, str):
         await finish(execution, "failed", ready)
         return

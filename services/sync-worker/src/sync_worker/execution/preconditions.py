@@ -5,9 +5,11 @@ and decrypted credentials."""
 from dataclasses import dataclass
 
 import httpx
+from pydantic import ValidationError
 
 from segments_shared.db.types import AnyRow
 from segments_shared.destinations import CONFIG_MODELS
+from segments_shared.netguard import AllowList
 from segments_shared.secrets import SecretBox
 from sync_worker import runs
 from sync_worker.connectors.base import Connector, ConnectorError, RunContext
@@ -34,6 +36,7 @@ async def prepare(
     request_timeout: httpx.Timeout,
     policy: RetryPolicy,
     limiter: VendorLimiter,
+    allow: AllowList,
 ) -> Ready | str:
     """The run's target and a connector to it, or why the run fails without sending. Raises
     `runs.RunDeleted` when the run went with its segment or destination."""
@@ -71,7 +74,20 @@ async def prepare(
             timeout=request_timeout,
             policy=policy,
             limiter=limiter,
+            allow=allow,
         )
+    except ValidationError as exc:
+        return invalid_config(exc)
     except (ConnectorError, UnsupportedDestination, ValueError) as exc:
         return str(exc)
     return Ready(target, connector)
+
+
+def invalid_config(exc: ValidationError) -> str:
+    """Why a stored configuration no longer validates, without the values: pydantic's own
+    message quotes each one, credentials included."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+        for error in exc.errors(include_input=False, include_url=False)
+    )
+    return f"the destination's configuration is invalid ({problems}): correct it and sync again"
