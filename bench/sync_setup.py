@@ -149,7 +149,10 @@ class Worker:
 
 
 def start_worker(url: str) -> Worker:
-    settings = SyncWorkerSettings(database_url=url, secret_key=SECRET_KEY)
+    # The fake listens on loopback, where destinations may not point otherwise.
+    settings = SyncWorkerSettings(
+        database_url=url, secret_key=SECRET_KEY, allow_private_destinations="127.0.0.1"
+    )
     engine = create_engine(settings, pool_size=settings.sync_concurrency * 2 + 4)
     runner, kind = sync_runner(engine, settings, SecretBox(SECRET_KEY), "bench-worker")
     return Worker(runner, kind, asyncio.create_task(runner.run()), engine)
