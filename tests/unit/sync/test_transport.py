@@ -51,7 +51,8 @@ async def internal() -> AsyncIterator[tuple[Recorder, str]]:
 
 
 class FixedDns:
-    """A resolver with fixed answers, standing in for DNS; keeps the names asked."""
+    """A resolver with fixed answers, standing in for DNS (an address stands for itself);
+    keeps the names asked."""
 
     def __init__(self, answers: dict[str, str]) -> None:
         self.answers = answers
@@ -59,7 +60,7 @@ class FixedDns:
 
     async def __call__(self, host: str, port: int) -> list[IPAddress]:
         self.asked.append(host)
-        return [ipaddress.ip_address(self.answers[host])]
+        return [ipaddress.ip_address(self.answers.get(host, host))]
 
 
 @pytest.mark.asyncio
@@ -77,6 +78,22 @@ async def test_the_socket_goes_to_the_checked_address_under_the_urls_name() -> N
     # request still names the URL's host.
     assert resolve.asked == ["vendor.test"]
     assert recorder.seen == [("/3.0/lists", f"vendor.test:{port}")]
+
+
+@pytest.mark.asyncio
+async def test_a_listed_host_name_is_trusted_whatever_it_resolves_to() -> None:
+    recorder = Recorder()
+    resolve = FixedDns({"sandbox.internal": "127.0.0.1"})
+    allow = AllowList.parse("sandbox.internal")
+    async with (
+        serve(recorder) as url,
+        httpx.AsyncClient(transport=GuardedTransport(allow, LIMITS, resolve)) as client,
+    ):
+        port = httpx.URL(url).port
+        assert (await client.get(f"http://sandbox.internal:{port}/api")).status_code == 200
+        with pytest.raises(BlockedDestination):
+            await client.get(f"http://127.0.0.1:{port}/api")  # the address alone is not listed
+    assert len(recorder.seen) == 1
 
 
 @pytest.mark.asyncio
