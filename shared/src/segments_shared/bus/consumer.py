@@ -1,9 +1,13 @@
 """Consumer runner: one transaction per message, acknowledged only after it commits.
 
 Each message is recorded in the inbox in the handler's transaction, so a redelivered event is
-skipped. A handler error requeues the message; the quorum queue counts deliveries and
-dead-letters it after the limit. A message that cannot be parsed goes straight to the
-dead-letter queue: retrying it cannot help.
+skipped. A transient failure (the database away, a timeout, a deadlock: db/errors.py) is
+not the message's fault: the consumer keeps the message and retries the handler in place,
+after the suite's back-off, until it succeeds or the service stops (then the message is
+requeued, which costs one delivery). Requeueing at once would spend the delivery limit in
+seconds and dead-letter good messages. Any other handler error requeues the message; the
+quorum queue counts deliveries and dead-letters it after the limit. A message that cannot be
+parsed goes straight to the dead-letter queue: retrying it cannot help.
 
 A service's handlers must cover exactly the event types its queue binds (`SERVICE_BINDINGS`),
 checked when the consumer is built: a bound type without a handler would be acknowledged
@@ -23,10 +27,11 @@ from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from segments_shared.backoff import BackoffPolicy
+from segments_shared.backoff import Backoff, BackoffPolicy
 from segments_shared.bus.connection import BrokerConnection, close_channel, wait_for_trouble
 from segments_shared.bus.inbox import record_processed
 from segments_shared.bus.topology import SERVICE_BINDINGS, Topology, declare_service_queue
+from segments_shared.db.errors import is_transient
 from segments_shared.events import Event, parse_event
 from segments_shared.loop import Trouble, WorkerLoop
 from segments_shared.observability import correlation_id_var
@@ -45,6 +50,8 @@ class WakeUp:
 
 Handler = Callable[[AsyncConnection, Event], Awaitable[None]] | WakeUp
 
+# Outcomes: processed, duplicate, retried (a transient failure, retried in place), requeued
+# (stopped while retrying), error (requeued towards the dead-letter queue), poison.
 CONSUMED = Counter(
     "segments_events_consumed", "Events consumed, by type and outcome", ["type", "outcome"]
 )
@@ -95,9 +102,12 @@ class EventConsumer(WorkerLoop):
         *,
         prefetch: int = 100,
         after_commit: Callable[[Event], None] | None = None,
+        retry_backoff: BackoffPolicy | None = None,
     ) -> None:
         check_handlers(service, handlers)
         super().__init__(f"{service} consumer", backoff=BackoffPolicy(0.2, 10.0))
+        # Between retries of a message whose handling failed on a transient error.
+        self.retry_backoff = retry_backoff or BackoffPolicy(0.2, 10.0)
         self.engine = engine
         self.topology = topology
         self.service = service
@@ -205,16 +215,17 @@ class EventConsumer(WorkerLoop):
         token = correlation_id_var.set(event.correlationid)
         started = time.perf_counter()
         try:
-            if isinstance(handler, WakeUp):
-                handler.wake()
-            elif handler is not None:
-                async with self.engine.begin() as conn:
-                    if await record_processed(conn, self.service, inbox_id(event.id)):
-                        await handler(conn, event)
-                    else:
-                        CONSUMED.labels(type=event.type, outcome="duplicate").inc()
-                        log.info("duplicate event skipped", extra={"event_id": event.id})
+            await self._handle_until_done(event, handler)
         except Exception as exc:
+            if self.stopping and is_transient(exc):
+                CONSUMED.labels(type=event.type, outcome="requeued").inc()
+                log.warning(
+                    "stopping while the event waits for a transient failure to pass, requeued",
+                    extra={"event_id": event.id, "type": event.type, "reason": repr(exc)},
+                )
+                with contextlib.suppress(Exception):
+                    await message.nack(requeue=True)
+                return
             CONSUMED.labels(type=event.type, outcome="error").inc()
             log.warning(
                 "event handling failed, requeued",
@@ -244,3 +255,45 @@ class EventConsumer(WorkerLoop):
             )
         if self.after_commit is not None:
             self.after_commit(event)
+
+    async def _handle_until_done(self, event: Event, handler: Handler | None) -> None:
+        """Handle the event, retrying in place while it fails on a transient error. The message
+        stays unacknowledged meanwhile, so its delivery count does not move and the prefetch
+        bounds how many wait. Raises any other error, and a transient one once stopping."""
+        backoff = Backoff(self.retry_backoff)
+        while True:
+            try:
+                await self._handle_once(event, handler)
+                return
+            except Exception as exc:
+                if self.stopping or not is_transient(exc):
+                    raise
+                delay = backoff.next_delay()
+                CONSUMED.labels(type=event.type, outcome="retried").inc()
+                log.warning(
+                    "event handling failed on a transient error, retrying",
+                    extra={
+                        "event_id": event.id,
+                        "type": event.type,
+                        "attempt": backoff.attempt,
+                        "retry_in_s": round(delay, 2),
+                        "reason": repr(exc),
+                    },
+                )
+                await backoff.sleep(self.stopping_event, delay)
+                if self.stopping:
+                    raise
+
+    async def _handle_once(self, event: Event, handler: Handler | None) -> None:
+        """One attempt in one transaction: a transient failure rolls it all back, the inbox
+        row included, so the retry starts clean; a commit whose answer was lost is skipped by
+        the inbox on the retry."""
+        if isinstance(handler, WakeUp):
+            handler.wake()
+        elif handler is not None:
+            async with self.engine.begin() as conn:
+                if await record_processed(conn, self.service, inbox_id(event.id)):
+                    await handler(conn, event)
+                else:
+                    CONSUMED.labels(type=event.type, outcome="duplicate").inc()
+                    log.info("duplicate event skipped", extra={"event_id": event.id})
