@@ -4,6 +4,8 @@ Every variable is read from the environment with the `SEGMENTS_` prefix; nothing
 import time: services build their settings in `main()` or in the app factory.
 """
 
+from typing import Literal
+
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,6 +27,11 @@ class DatabaseSettings(SegmentsSettings):
     database_pool_overflow: int = 10
     database_pool_timeout: float = 10.0
     database_command_timeout: float = 60.0
+    # "transaction" behind PgBouncer's transaction pooling: no prepared statement outlives its
+    # transaction, and what keeps session state (LISTEN, session advisory locks, migrations)
+    # goes to `database_direct_url` (docs/operations.md#behind-pgbouncer).
+    database_pooling: Literal["session", "transaction"] = "session"
+    database_direct_url: str | None = None
     # Opening a connection to a host that went silent waits this long, not asyncpg's 60 s.
     database_connect_timeout: float = 5.0
 

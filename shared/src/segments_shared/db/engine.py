@@ -22,6 +22,11 @@ def create_engine(
     """`pre_ping` costs a round trip per checkout; the API turns it off on its hot paths and
     answers a connection lost to a database restart with a 503 instead (the pool then
     replaces its connections)."""
+    if settings.database_pooling == "transaction" and not settings.database_direct_url:
+        raise ValueError(
+            "SEGMENTS_DATABASE_POOLING=transaction needs SEGMENTS_DATABASE_DIRECT_URL: LISTEN "
+            "and session advisory locks cannot go through transaction pooling"
+        )
     size = pool_size if pool_size is not None else settings.database_pool_size
     return create_async_engine(
         settings.database_url,
@@ -36,8 +41,40 @@ def create_engine(
             "command_timeout": settings.database_command_timeout,
             "timeout": settings.database_connect_timeout,
             "server_settings": {"timezone": "UTC", "application_name": "segments"},
+            **_statement_caches(settings),
         },
     )
+
+
+def _statement_caches(settings: DatabaseSettings) -> dict[str, int]:
+    """Behind PgBouncer's transaction pooling each transaction may get another server
+    connection, where a statement prepared under a name in an earlier one is missing or
+    another client's ("prepared statement "__asyncpg_stmt_1__" already exists"). With both
+    caches off, asyncpg and SQLAlchemy prepare statements unnamed and asyncpg parses them
+    again with their parameters, so nothing outlives its transaction: one round trip more
+    per statement (docs/operations.md#behind-pgbouncer). Unique names would not do: a named
+    statement stays on the server connection it was prepared on."""
+    if settings.database_pooling != "transaction":
+        return {}
+    return {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+
+
+def session_url(settings: DatabaseSettings) -> str:
+    """Where connections that keep session state go: LISTEN, session advisory locks (the
+    relay's leadership, vendor slots) and migrations. `SEGMENTS_DATABASE_DIRECT_URL`, or the
+    database URL."""
+    return settings.database_direct_url or settings.database_url
+
+
+def create_session_engine(settings: DatabaseSettings) -> AsyncEngine | None:
+    """One connection on `SEGMENTS_DATABASE_DIRECT_URL`, for a holder of session advisory
+    locks; None without that setting, when the main engine keeps sessions itself."""
+    if not settings.database_direct_url:
+        return None
+    direct = settings.model_copy(
+        update={"database_url": settings.database_direct_url, "database_pooling": "session"}
+    )
+    return create_engine(direct, pool_size=1)
 
 
 def autocommit(engine: AsyncEngine) -> AsyncEngine:
@@ -60,6 +97,10 @@ async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
     statement, one round trip more than BEGIN alone (a transaction that sends its first
     statement through SQLAlchemy avoids it). An autocommit connection, or a transaction
     already begun, sends nothing. tests/shared/test_db.py pins both.
+
+    Behind transaction pooling (docs/operations.md#behind-pgbouncer) asyncpg's statement
+    cache is off, but `Connection.cursor()` still names its statement: open a cursor from
+    `prepare()`, whose statement is unnamed then.
     """
     raw = await conn.get_raw_connection()
     driver: asyncpg.Connection = raw.driver_connection
