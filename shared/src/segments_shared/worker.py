@@ -14,7 +14,7 @@ from segments_shared.bus.consumer import EventConsumer, Handler
 from segments_shared.bus.relay import OutboxRelay
 from segments_shared.bus.topology import Topology
 from segments_shared.config import ServiceSettings
-from segments_shared.db.engine import create_engine
+from segments_shared.db.engine import create_engine, session_url
 from segments_shared.db.notify import Listener
 from segments_shared.health import (
     Dependency,
@@ -91,12 +91,14 @@ async def run_worker(
     """`channels`: NOTIFY channels that wake something besides the runner's own requests."""
     topology = Topology(settings.bus_prefix)
     amqp_url = settings.amqp_url.get_secret_value()
-    listener = Listener(engine.url, name=f"{service}-notifications")
+    listener = Listener(session_url(settings), name=f"{service}-notifications")
     listener.on(NOTIFY_CHANNEL, runner.wake_for)
     for channel, callback in (channels or {}).items():
         listener.on(channel, callback)
     consumer = EventConsumer(engine, amqp_url, topology, service, handlers)
     relay = OutboxRelay(engine, amqp_url, topology, name=f"{service}-relay")
+    # The leader lock is a session advisory lock (docs/operations.md#behind-pgbouncer).
+    relay.leadership.url = session_url(settings)
     stopping = asyncio.Event()
     health = create_health_app(
         [

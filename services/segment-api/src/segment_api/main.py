@@ -34,7 +34,7 @@ from segments_shared.apikeys import create_key
 from segments_shared.backoff import Backoff, BackoffPolicy
 from segments_shared.bus.relay import OutboxRelay
 from segments_shared.bus.topology import Topology
-from segments_shared.db.engine import autocommit, create_engine
+from segments_shared.db.engine import autocommit, create_engine, session_url
 from segments_shared.db.notify import Listener
 from segments_shared.health import (
     Dependency,
@@ -90,6 +90,8 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
             # Its event loop serves requests: a worker's relay publishes when one runs.
             prefer_standby=True,
         )
+        # The leader lock is a session advisory lock (docs/operations.md#behind-pgbouncer).
+        relay.leadership.url = session_url(settings)
         app.state.engine = engine
         app.state.read_engine = autocommit(engine)
         app.state.relay = relay
@@ -100,7 +102,7 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
         refresher = rule_runner(engine, refreshing, f"segment-api-{uuid.uuid4().hex[:12]}")
         app.state.refresher = refresher
         refresher_task = asyncio.create_task(refresher.run(), name="rule-refresher")
-        listener = Listener(engine.url, name="segment-api-notifications")
+        listener = Listener(session_url(settings), name="segment-api-notifications")
         listener.on(NOTIFY_CHANNEL, refresher.wake_for)
         listener_task = asyncio.create_task(listener.run(), name="notifications")
         # With the database up this takes milliseconds; without it, start anyway. The first

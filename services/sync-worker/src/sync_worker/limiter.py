@@ -114,11 +114,15 @@ class VendorLimiter:
         self,
         engine: AsyncEngine,
         *,
+        slots_engine: AsyncEngine | None = None,
         poll_seconds: float = 0.01,
         keep_idle_seconds: float = 0.05,
         keep_at_most_seconds: float = 5.0,
     ) -> None:
         self.engine = engine
+        # Slots are session locks: behind transaction pooling they need an engine on the
+        # direct URL (docs/operations.md#behind-pgbouncer).
+        self.slots_engine = slots_engine or engine
         self.poll_seconds = poll_seconds
         # A slot that falls free is kept a moment for this process's next request (a busy
         # run asks the database for nothing), but never for long: other replicas get their
@@ -238,7 +242,7 @@ class VendorLimiter:
 
     async def _connection(self) -> AsyncConnection:
         if self._conn is None:
-            conn = await self.engine.connect()
+            conn = await self.slots_engine.connect()
             # Autocommit: the connection only holds advisory locks, never a snapshot.
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             self._conn = conn

@@ -20,6 +20,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from segments_shared.backoff import BackoffPolicy
+from segments_shared.db.engine import create_session_engine
 from segments_shared.db.types import AnyRow
 from segments_shared.jobs.runner import JobKind, JobRunner, Lease, LeaseLost, Release
 from segments_shared.jobs.store import Claim
@@ -59,7 +60,8 @@ class SyncRuns(JobKind):
             base_seconds=settings.sync_retry_base_seconds,
             cap_seconds=settings.sync_retry_cap_seconds,
         )
-        self.limiter = VendorLimiter(engine)
+        self._slots_engine = create_session_engine(settings)
+        self.limiter = VendorLimiter(engine, slots_engine=self._slots_engine)
         self.timeout = httpx.Timeout(settings.sync_request_timeout_seconds, connect=10.0)
         self.allow = settings.destination_allow_list
 
@@ -141,6 +143,8 @@ class SyncRuns(JobKind):
 
     async def aclose(self) -> None:
         await self.limiter.aclose()
+        if self._slots_engine is not None:
+            await self._slots_engine.dispose()
 
 
 def sync_runner(

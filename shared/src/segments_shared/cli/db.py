@@ -6,6 +6,7 @@ import sys
 from alembic import command
 
 from segments_shared.config import DatabaseSettings
+from segments_shared.db.engine import session_url
 from segments_shared.db.migrate import alembic_config, upgrade
 
 
@@ -20,18 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("check", help="fail if the models differ from the migrations")
     args = parser.parse_args(argv)
 
-    settings = DatabaseSettings()
+    # The direct URL when there is one: creating the database goes through the `postgres`
+    # database, which a PgBouncer seldom serves (docs/operations.md#behind-pgbouncer).
+    url = session_url(DatabaseSettings())
     try:
         if args.command == "upgrade":
-            upgrade(settings.database_url, args.revision)
+            upgrade(url, args.revision)
         elif args.command == "current":
-            command.current(alembic_config(settings.database_url), verbose=True)
+            command.current(alembic_config(url), verbose=True)
         else:
-            command.check(alembic_config(settings.database_url))
+            command.check(alembic_config(url))
     except OSError as exc:
-        sys.stderr.write(
-            f"segments-db: cannot reach PostgreSQL at {settings.database_url}: {exc}\n"
-        )
+        sys.stderr.write(f"segments-db: cannot reach PostgreSQL at {url}: {exc}\n")
         return 2
     return 0
 
