@@ -101,7 +101,10 @@ async def stream_csv(
         driver = await driver_connection(conn)
         async with driver.transaction(readonly=True):  # server-side cursors live in one
             await driver.execute("SET LOCAL work_mem = '128MB'")  # sort in memory
-            cursor = await driver.cursor(query(include), segment_id)
+            # From a prepared statement: a cursor of its own names its statement even with
+            # the statement cache off (docs/operations.md#behind-pgbouncer).
+            statement = await driver.prepare(query(include))
+            cursor = await statement.cursor(segment_id)
             while rows := await cursor.fetch(ROWS_PER_CHUNK):
                 buffer.seek(0)
                 buffer.truncate()
