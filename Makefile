@@ -34,8 +34,18 @@ test-unit: install
 # Everything else, against the real PostgreSQL and RabbitMQ, in parallel. Tests are handed
 # out one at a time, the long ones first (tests/fixtures/ordering.py), so the workers end
 # together.
-test-integration: install
+test-integration: install pgbouncer
 	.venv/bin/pytest --ignore=tests/unit -n $(TEST_WORKERS) --maxschedchunk 1 $(PYTEST_ARGS)
+
+# PgBouncer from Debian's packages for tests/shared/test_pgbouncer.py: installed when missing
+# and we are root (CI); otherwise that test skips, saying why.
+.PHONY: pgbouncer
+pgbouncer:
+	@test -x /usr/sbin/pgbouncer || command -v pgbouncer >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	       apt-get install -y -qq --no-install-recommends pgbouncer; } \
+	  || echo "make: pgbouncer could not be installed; tests/shared/test_pgbouncer.py skips"
 
 pytest: test-unit test-integration
 
