@@ -246,3 +246,22 @@ async def test_readiness_answers_promptly_when_the_database_goes_silent(
         await proxy.reset()
         await recovers(client)
         assert (await client.get("/readyz")).status_code == 200
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("call", "statement"),
+    [(_customer, b"INSERT INTO customers"), (_order, b"INSERT INTO orders")],
+)
+async def test_a_connection_lost_in_the_middle_of_a_write_is_a_503(
+    api_settings: ApiSettings, clean_db: AsyncEngine, call: Call, statement: bytes
+) -> None:
+    """The hot write paths talk to asyncpg directly; its errors are answered the same way."""
+    async with proxied_api(api_settings) as (client, proxy):
+        await _customer(client, 7)
+        proxy.drop_on(statement)
+        response = await call(client, 7)
+        assert proxy.dropped.is_set()
+        assert_problem(response, 503)
+        await proxy.start()
+        await recovers(client)
