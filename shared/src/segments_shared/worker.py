@@ -96,9 +96,9 @@ async def run_worker(
     for channel, callback in (channels or {}).items():
         listener.on(channel, callback)
     consumer = EventConsumer(engine, amqp_url, topology, service, handlers)
-    relay = OutboxRelay(engine, amqp_url, topology, name=f"{service}-relay")
-    # The leader lock is a session advisory lock (docs/operations.md#behind-pgbouncer).
-    relay.leadership.url = session_url(settings)
+    relay = OutboxRelay(
+        engine, amqp_url, topology, name=f"{service}-relay", session_url=session_url(settings)
+    )
     stopping = asyncio.Event()
     health = create_health_app(
         [

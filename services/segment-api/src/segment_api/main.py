@@ -89,9 +89,8 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
             name="segment-api-relay",
             # Its event loop serves requests: a worker's relay publishes when one runs.
             prefer_standby=True,
+            session_url=session_url(settings),
         )
-        # The leader lock is a session advisory lock (docs/operations.md#behind-pgbouncer).
-        relay.leadership.url = session_url(settings)
         app.state.engine = engine
         app.state.read_engine = autocommit(engine)
         app.state.relay = relay

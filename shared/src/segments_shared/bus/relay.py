@@ -17,6 +17,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from prometheus_client import Counter, Histogram
 from sqlalchemy import text
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from segments_shared.backoff import BackoffPolicy
@@ -89,6 +90,7 @@ class OutboxRelay(WorkerLoop):
         standby_seconds: float = 1.0,
         publish_poll_seconds: float = 0.05,
         prefer_standby: bool = False,
+        session_url: str | URL | None = None,
     ) -> None:
         super().__init__(name, poll_seconds=poll_interval, backoff=BackoffPolicy(0.2, 5.0))
         self.engine = engine
@@ -100,7 +102,9 @@ class OutboxRelay(WorkerLoop):
         self.keep_published_hours = keep_published_hours
         self.standby_seconds = standby_seconds
         self.publish_poll_seconds = publish_poll_seconds
-        self.leadership = Leadership(engine.url, name, prefer_standby=prefer_standby)
+        # The leader lock is a session advisory lock: behind a transaction pooler it needs a
+        # direct connection (docs/operations.md#behind-pgbouncer).
+        self.leadership = Leadership(session_url or engine.url, name, prefer_standby=prefer_standby)
         self._last_purge = 0.0
         self._channel: AbstractChannel | None = None
 
