@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # (measured on 2 cores: README, "Two commands").
 TEST_WORKERS ?= 2
 
-.PHONY: install run test lint typecheck pytest test-unit test-integration bench clean
+.PHONY: install run test lint typecheck pytest test-unit test-integration test-faults bench clean
 
 # uv comes from PyPI into a private folder when it is not installed already.
 .tools/bin/uv:
@@ -35,7 +35,7 @@ test-unit: install
 # out one at a time, the long ones first (tests/fixtures/ordering.py), so the workers end
 # together.
 test-integration: install pgbouncer
-	.venv/bin/pytest --ignore=tests/unit -n $(TEST_WORKERS) --maxschedchunk 1 $(PYTEST_ARGS)
+	.venv/bin/pytest --ignore=tests/unit --ignore=tests/faults -n $(TEST_WORKERS) --maxschedchunk 1 $(PYTEST_ARGS)
 
 # PgBouncer from Debian's packages for tests/shared/test_pgbouncer.py: installed when missing
 # and we are root (CI); otherwise that test skips, saying why.
@@ -47,9 +47,14 @@ pgbouncer:
 	       apt-get install -y -qq --no-install-recommends pgbouncer; } \
 	  || echo "make: pgbouncer could not be installed; tests/shared/test_pgbouncer.py skips"
 
+# Faults injected under a steady load (tests/faults): its own PostgreSQL cluster, a three-node
+# RabbitMQ cluster, two replicas of each service. Minutes, one test at a time.
+test-faults: install
+	.venv/bin/pytest tests/faults $(PYTEST_ARGS)
+
 pytest: test-unit test-integration
 
-test: lint typecheck pytest
+test: lint typecheck pytest test-faults
 
 bench: install
 	.venv/bin/python -m bench
