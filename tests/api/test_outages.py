@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from segment_api import idempotency
 from segment_api.main import create_app
 from segment_api.settings import ApiSettings
 from tests.api.helpers import assert_problem
@@ -265,3 +266,21 @@ async def test_a_connection_lost_in_the_middle_of_a_write_is_a_503(
         assert_problem(response, 503)
         await proxy.start()
         await recovers(client)
+
+
+@pytest.mark.asyncio
+async def test_shutdown_ends_background_releases(
+    api_settings: ApiSettings, clean_db: AsyncEngine
+) -> None:
+    """A release still waiting for the database when the API stops is given a moment, then
+    cancelled before the engine goes (its claim expires with the lease)."""
+    async with proxied_api(api_settings) as (client, proxy):
+        proxy.drop_on(b"INSERT INTO segments")
+        failed = await client.post(
+            "/v1/segments", json={"name": "Stopping"}, headers={"Idempotency-Key": "stopping"}
+        )
+        assert_problem(failed, 503)
+        assert idempotency._finishing
+        started = time.monotonic()
+    assert not idempotency._finishing
+    assert time.monotonic() - started < 15

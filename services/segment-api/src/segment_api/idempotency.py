@@ -7,9 +7,9 @@ runs, so a concurrent retry gets 409 instead of running twice; a 5xx answer rele
 so the client can retry. (A crash between the request's commit and the storing of its answer
 would let a retry run again; the window is one statement.)
 
-A claim is a lease: while the request runs, its holder renews the claim every quarter of
-`LEASE_SECONDS`. A claim left unanswered and unrenewed for longer was left by a holder that
-died (a killed process, a lost connection), and the next retry takes it over instead of
+A claim is a lease: while the request runs, its holder renews the claim every sixth of
+`LEASE_SECONDS` (5 s). A claim left unanswered and unrenewed for longer was left by a holder
+that died (a killed process, a lost connection), and the next retry takes it over instead of
 answering 409 for a day. Each claim carries a token (kept in `response_headers` until there
 is an answer), so a holder that was taken over can neither store its answer over the new
 holder's claim nor release it.
@@ -42,9 +42,11 @@ log = logging.getLogger(__name__)
 HEADER = b"idempotency-key"
 KEPT_HOURS = 24
 REPLAYED_HEADERS = ("content-type", "location", "etag")
-# An unanswered claim not renewed for this long was abandoned by its holder: short, since a
-# retry waits that long at most when the holder died.
-LEASE_SECONDS = 10.0
+# An unanswered claim not renewed for this long was abandoned by its holder. A retry waits
+# this long at most when the holder died; it must stay well above a renewal's worst wait (a
+# renewal takes a connection from the request pool, SEGMENTS_DATABASE_POOL_TIMEOUT, 10 s by
+# default), or a starved pool would let a retry run the request a second time.
+LEASE_SECONDS = 30.0
 # How long a failed release or store is retried before the lease is left to expire.
 FINISH_RETRY_SECONDS = 60.0
 
@@ -223,6 +225,16 @@ class IdempotencyMiddleware(HttpMiddleware):
 _finishing: set[asyncio.Task[None]] = set()
 
 
+async def finish_pending(within: float = 2.0) -> None:
+    """At shutdown, before the engine goes: give background releases a moment to land, then
+    cancel the rest (their claims expire with their lease)."""
+    if _finishing:
+        _, pending = await asyncio.wait(set(_finishing), timeout=within)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
 async def _finish_later(engine: AsyncEngine, statement: Any, params: dict[str, Any]) -> None:
     """Retry a release or store until the database takes it. The claim's token makes a late
     one harmless: it cannot touch a claim another request took over meanwhile."""
@@ -262,7 +274,7 @@ class _Existing:
 async def _renew(engine: AsyncEngine, ids: dict[str, Any]) -> None:
     """Keep the claim alive while the request runs; a failed renewal is retried next time."""
     while True:
-        await asyncio.sleep(LEASE_SECONDS / 4)
+        await asyncio.sleep(LEASE_SECONDS / 6)
         try:
             async with engine.begin() as conn:
                 await conn.execute(_RENEW, ids)

@@ -19,7 +19,7 @@ from segment_api.customers.router import router as customers_router
 from segment_api.deps import ApiKeyCache
 from segment_api.destinations.router import router as destinations_router
 from segment_api.fields import refuse_lone_surrogates, refuse_nul_parameters
-from segment_api.idempotency import IdempotencyMiddleware, purge_expired_keys
+from segment_api.idempotency import IdempotencyMiddleware, finish_pending, purge_expired_keys
 from segment_api.middleware import BodyLimitMiddleware, CorrelationMiddleware, HeadMiddleware
 from segment_api.orders.router import router as orders_router
 from segment_api.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
@@ -121,6 +121,7 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
             await _stopped(refresher_task, 10)
             relay.stop()
             await _stopped(relay_task, 10)
+            await finish_pending()
             await engine.dispose()
 
     app = FastAPI(
