@@ -1,7 +1,11 @@
 """Which errors retrying can cure (the database away, slow, restarting, or aborting a
 transaction for a concurrent one) and which fail again the same way, as the consumers tell
 them apart (segments_shared/db/errors.py). The chains are built the way SQLAlchemy's asyncpg
-dialect raises them: a DBAPIError whose `orig` is the dialect's error, caused by asyncpg's."""
+dialect raises them: a DBAPIError whose `orig` is the dialect's error, caused by asyncpg's.
+Of the transient ones, timeouts (`is_timeout`) may be the work's own slowness."""
+
+import errno
+import socket
 
 import asyncpg
 import pytest
@@ -9,7 +13,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from segments_shared.db.errors import is_transient
+from segments_shared.db.errors import is_closed_connection, is_timeout, is_transient
 
 DIALECT_ERROR = AsyncAdapt_asyncpg_dbapi.Error
 
@@ -26,6 +30,12 @@ def through_sqlalchemy(
     wrapped = wrapper("SELECT 1", {}, adapted, connection_invalidated=invalidated)
     wrapped.__cause__ = adapted
     return wrapped
+
+
+def chained(error: Exception, cause: BaseException) -> Exception:
+    """`raise error from cause`, without raising."""
+    error.__cause__ = cause
+    return error
 
 
 def postgres(sqlstate: str) -> asyncpg.PostgresError:
@@ -45,6 +55,24 @@ TRANSIENT = {
     ),
     "connection closed, seen by SQLAlchemy": through_sqlalchemy(
         asyncpg.InterfaceError("connection is closed"), invalidated=True
+    ),
+    "a statement on a connection lost before it (asyncpg)": asyncpg.InterfaceError(
+        "cannot call Connection.fetchrow(): connection is closed"
+    ),
+    "a statement on a connection lost before it, through SQLAlchemy": through_sqlalchemy(
+        asyncpg.InterfaceError("cannot perform operation: connection is closed")
+    ),
+    "connection aborted": ConnectionAbortedError(errno.ECONNABORTED, "aborted"),
+    "broken pipe": BrokenPipeError(errno.EPIPE, "Broken pipe"),
+    "host unreachable": OSError(errno.EHOSTUNREACH, "No route to host"),
+    "network unreachable": OSError(errno.ENETUNREACH, "Network is unreachable"),
+    "network down": OSError(errno.ENETDOWN, "Network is down"),
+    "host down": OSError(errno.EHOSTDOWN, "Host is down"),
+    "a socket's ETIMEDOUT": OSError(errno.ETIMEDOUT, "Connection timed out"),
+    "a name that did not resolve": socket.gaierror(socket.EAI_NONAME, "Name not known"),
+    "every address of a name failing differently (asyncio)": OSError(
+        "Multiple exceptions: [Errno 111] Connect call failed ('127.0.0.1', 5432), "
+        "[Errno 99] Cannot assign requested address"
     ),
     "operational error (other drivers)": OperationalError("SELECT 1", {}, Exception("gone")),
     "asyncpg's own connection error": asyncpg.ConnectionDoesNotExistError("closed"),
@@ -86,6 +114,46 @@ POISON = {
     "one error of a group poison": ExceptionGroup(
         "task group", [ConnectionResetError(), ValueError("bad")]
     ),
+    # OSErrors that are not the network's: a bug or a configuration error, retried in vain.
+    "a file missing": FileNotFoundError(errno.ENOENT, "No such file or directory"),
+    "a permission denied": PermissionError(errno.EACCES, "Permission denied"),
+    "a directory where a file was expected": IsADirectoryError(errno.EISDIR, "Is a directory"),
+    "a plain OSError of a file": OSError(errno.ENOSPC, "No space left on device"),
+    "a plain OSError without errno": OSError("something else"),
+    "a file missing, chained": chained(RuntimeError("could not load"), FileNotFoundError()),
+}
+
+# Transient, and possibly the work's own slowness: retried a few times only.
+TIMEOUTS = {
+    "statement_timeout (57014)": through_sqlalchemy(postgres("57014")),
+    "lock_timeout (55P03)": through_sqlalchemy(postgres("55P03")),
+    "statement_timeout, asyncpg's own": postgres("57014"),
+    "asyncpg command timeout": TimeoutError(),
+    "a handler's error caused by a command timeout": chained(
+        RuntimeError("could not save"), TimeoutError()
+    ),
+    "a group with one timeout": ExceptionGroup(
+        "task group", [ConnectionResetError(), TimeoutError()]
+    ),
+}
+
+# Transient and never the work's doing: retried until it passes (or the consumer's hold limit).
+NOT_TIMEOUTS = {
+    "connection refused": ConnectionRefusedError(111, "Connect call failed"),
+    "connection reset": ConnectionResetError(104, "reset by peer"),
+    "no pooled connection in time": PoolTimeout("QueuePool limit reached"),
+    "a socket's ETIMEDOUT": OSError(errno.ETIMEDOUT, "Connection timed out"),
+    "connection lost after a socket's ETIMEDOUT": chained(
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        OSError(errno.ETIMEDOUT, "Connection timed out"),
+    ),
+    "a statement on a closed connection": asyncpg.InterfaceError(
+        "cannot call Connection.execute(): connection is closed"
+    ),
+    **{
+        f"sqlstate {state}": through_sqlalchemy(postgres(state))
+        for state in ("08006", "40001", "40P01", "53300", "57P01", "57P03")
+    },
 }
 
 
@@ -97,6 +165,35 @@ def test_transient(error: BaseException) -> None:
 @pytest.mark.parametrize("error", POISON.values(), ids=POISON.keys())
 def test_not_transient(error: BaseException) -> None:
     assert not is_transient(error)
+
+
+@pytest.mark.parametrize("error", TIMEOUTS.values(), ids=TIMEOUTS.keys())
+def test_timeouts_are_transient_and_told_apart(error: BaseException) -> None:
+    assert is_transient(error)
+    assert is_timeout(error)
+
+
+@pytest.mark.parametrize("error", NOT_TIMEOUTS.values(), ids=NOT_TIMEOUTS.keys())
+def test_the_database_away_is_no_timeout(error: BaseException) -> None:
+    assert is_transient(error)
+    assert not is_timeout(error)
+
+
+@pytest.mark.parametrize("error", POISON.values(), ids=POISON.keys())
+def test_poison_is_no_timeout(error: BaseException) -> None:
+    assert not is_timeout(error)
+
+
+def test_a_closed_connection_is_told_by_asyncpg_s_message() -> None:
+    """asyncpg's InterfaceError for a statement on a connection lost before it, and no other
+    (segment-api answers 503 for it, problems.py)."""
+    assert is_closed_connection(
+        asyncpg.InterfaceError("cannot call Connection.fetchrow(): connection is closed")
+    )
+    assert not is_closed_connection(
+        asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
+    )
+    assert not is_closed_connection(ConnectionResetError("connection is closed"))
 
 
 def save_while_handling(lost: Exception, *, chained: bool) -> None:

@@ -1,13 +1,20 @@
 """Consumer runner: one transaction per message, acknowledged only after it commits.
 
 Each message is recorded in the inbox in the handler's transaction, so a redelivered event is
-skipped. A transient failure (the database away, a timeout, a deadlock: db/errors.py) is
-not the message's fault: the consumer keeps the message and retries the handler in place,
-after the suite's back-off, until it succeeds or the service stops (then the message is
-requeued, which costs one delivery). Requeueing at once would spend the delivery limit in
-seconds and dead-letter good messages. Any other handler error requeues the message; the
-quorum queue counts deliveries and dead-letters it after the limit. A message that cannot be
-parsed goes straight to the dead-letter queue: retrying it cannot help.
+skipped. A transient failure (the database away, a deadlock: db/errors.py) is not the
+message's fault: the consumer keeps the message and retries the handler in place, after the
+suite's back-off, until it succeeds, the service stops, or it has waited `hold_limit` (20
+minutes); then the message is requeued, which costs one delivery. Requeueing at once would
+spend the delivery limit in seconds and dead-letter good messages; holding it past the
+broker's `consumer_timeout` (30 minutes) would have the broker close the channel and redeliver
+everything it held. So an outage dead-letters nothing unless it lasts about six hold limits
+(two hours), the first delivery and the five redeliveries of the quorum queue's limit.
+
+A timeout (statement or lock timeout, asyncpg's command timeout) once the database is reached
+may be the work's own slowness, so it is retried in place `timeout_attempts` (3) times per
+delivery at most, then fails like any handler error. Any other handler error requeues the
+message; the quorum queue counts deliveries and dead-letters it after the limit. A message
+that cannot be parsed goes straight to the dead-letter queue: retrying it cannot help.
 
 A service's handlers must cover exactly the event types its queue binds (`SERVICE_BINDINGS`),
 checked when the consumer is built: a bound type without a handler would be acknowledged
@@ -31,7 +38,7 @@ from segments_shared.backoff import Backoff, BackoffPolicy
 from segments_shared.bus.connection import BrokerConnection, close_channel, wait_for_trouble
 from segments_shared.bus.inbox import record_processed
 from segments_shared.bus.topology import SERVICE_BINDINGS, Topology, declare_service_queue
-from segments_shared.db.errors import is_transient
+from segments_shared.db.errors import is_timeout, is_transient
 from segments_shared.events import Event, parse_event
 from segments_shared.loop import Trouble, WorkerLoop
 from segments_shared.observability import correlation_id_var
@@ -48,10 +55,22 @@ class WakeUp:
     wake: Callable[[], None]
 
 
-Handler = Callable[[AsyncConnection, Event], Awaitable[None]] | WakeUp
+HandlerFunction = Callable[[AsyncConnection, Event], Awaitable[None]]
+Handler = HandlerFunction | WakeUp
+
+# How long a message waits in place for a transient failure to pass before it is requeued
+# (one delivery spent). RabbitMQ closes a channel whose delivery stays unacknowledged past its
+# `consumer_timeout` (30 minutes by default, which deploy/ keeps), cancelling the handlers of
+# every delivery the channel holds (up to the prefetch) and redelivering them all. Ten minutes
+# below it leave room for the last attempt (a command timeout is 60 s) and the back-off.
+HOLD_LIMIT_SECONDS = 20 * 60.0
+# Attempts per delivery that may end in a timeout after reaching the database
+# (db/errors.py, `is_timeout`): a statement that always overruns fails after this many.
+TIMEOUT_ATTEMPTS = 3
 
 # Outcomes: processed, duplicate, retried (a transient failure, retried in place), requeued
-# (stopped while retrying), error (requeued towards the dead-letter queue), poison.
+# (still failing when stopped or after the hold limit), error (requeued towards the
+# dead-letter queue), poison.
 CONSUMED = Counter(
     "segments_events_consumed", "Events consumed, by type and outcome", ["type", "outcome"]
 )
@@ -103,11 +122,15 @@ class EventConsumer(WorkerLoop):
         prefetch: int = 100,
         after_commit: Callable[[Event], None] | None = None,
         retry_backoff: BackoffPolicy | None = None,
+        hold_limit: float = HOLD_LIMIT_SECONDS,
+        timeout_attempts: int = TIMEOUT_ATTEMPTS,
     ) -> None:
         check_handlers(service, handlers)
         super().__init__(f"{service} consumer", backoff=BackoffPolicy(0.2, 10.0))
         # Between retries of a message whose handling failed on a transient error.
         self.retry_backoff = retry_backoff or BackoffPolicy(0.2, 10.0)
+        self.hold_limit = hold_limit
+        self.timeout_attempts = timeout_attempts
         self.engine = engine
         self.topology = topology
         self.service = service
@@ -215,17 +238,8 @@ class EventConsumer(WorkerLoop):
         token = correlation_id_var.set(event.correlationid)
         started = time.perf_counter()
         try:
-            await self._handle_until_done(event, handler)
+            handled = await self._handle_until_done(event, handler, message)
         except Exception as exc:
-            if self.stopping and is_transient(exc):
-                CONSUMED.labels(type=event.type, outcome="requeued").inc()
-                log.warning(
-                    "stopping while the event waits for a transient failure to pass, requeued",
-                    extra={"event_id": event.id, "type": event.type, "reason": repr(exc)},
-                )
-                with contextlib.suppress(Exception):
-                    await message.nack(requeue=True)
-                return
             CONSUMED.labels(type=event.type, outcome="error").inc()
             log.warning(
                 "event handling failed, requeued",
@@ -243,6 +257,10 @@ class EventConsumer(WorkerLoop):
         finally:
             HANDLE_SECONDS.labels(type=event.type).observe(time.perf_counter() - started)
             correlation_id_var.reset(token)
+        if not handled:
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            return
         CONSUMED.labels(type=event.type, outcome="processed").inc()
         try:
             await message.ack()
@@ -256,19 +274,40 @@ class EventConsumer(WorkerLoop):
         if self.after_commit is not None:
             self.after_commit(event)
 
-    async def _handle_until_done(self, event: Event, handler: Handler | None) -> None:
+    async def _handle_until_done(
+        self, event: Event, handler: Handler | None, message: AbstractIncomingMessage
+    ) -> bool:
         """Handle the event, retrying in place while it fails on a transient error. The message
         stays unacknowledged meanwhile, so its delivery count does not move and the prefetch
-        bounds how many wait. Raises any other error, and a transient one once stopping."""
+        bounds how many wait. Returns True once handled; False when it should be requeued
+        unhandled, because the service stops or the failure outlasted `hold_limit`. Raises any
+        other error, and a timeout on reaching `timeout_attempts`."""
         backoff = Backoff(self.retry_backoff)
+        held_since = time.monotonic()
+        timeouts = 0
         while True:
+            # Failures before a connection is held are the database's, whatever they say:
+            # asyncpg's connect timeout is the same TimeoutError as its command timeout.
+            connected = False
             try:
-                await self._handle_once(event, handler)
-                return
+                if isinstance(handler, WakeUp):
+                    handler.wake()
+                elif handler is not None:
+                    async with self.engine.connect() as conn:
+                        connected = True
+                        await self._handle_in(conn, event, handler)
+                return True
             except Exception as exc:
-                if self.stopping or not is_transient(exc):
+                if not is_transient(exc):
                     raise
-                delay = backoff.next_delay()
+                if connected and is_timeout(exc):
+                    timeouts += 1
+                    if timeouts >= self.timeout_attempts:
+                        raise
+                failure = exc
+            held = time.monotonic() - held_since
+            if not self.stopping and held < self.hold_limit:
+                delay = min(backoff.next_delay(), self.hold_limit - held)
                 CONSUMED.labels(type=event.type, outcome="retried").inc()
                 log.warning(
                     "event handling failed on a transient error, retrying",
@@ -277,23 +316,36 @@ class EventConsumer(WorkerLoop):
                         "type": event.type,
                         "attempt": backoff.attempt,
                         "retry_in_s": round(delay, 2),
-                        "reason": repr(exc),
+                        "reason": repr(failure),
                     },
                 )
                 await backoff.sleep(self.stopping_event, delay)
-                if self.stopping:
-                    raise
+                if not self.stopping:
+                    continue
+            CONSUMED.labels(type=event.type, outcome="requeued").inc()
+            log.warning(
+                "stopping while the event waits for a transient failure to pass, requeued"
+                if self.stopping
+                else "event still failing on a transient error after the hold limit, requeued",
+                extra={
+                    "event_id": event.id,
+                    "type": event.type,
+                    "held_s": round(time.monotonic() - held_since, 1),
+                    "delivery_count": (message.headers or {}).get("x-delivery-count", 0),
+                    "reason": repr(failure),
+                },
+            )
+            return False
 
-    async def _handle_once(self, event: Event, handler: Handler | None) -> None:
+    async def _handle_in(
+        self, conn: AsyncConnection, event: Event, handler: HandlerFunction
+    ) -> None:
         """One attempt in one transaction: a transient failure rolls it all back, the inbox
         row included, so the retry starts clean; a commit whose answer was lost is skipped by
         the inbox on the retry."""
-        if isinstance(handler, WakeUp):
-            handler.wake()
-        elif handler is not None:
-            async with self.engine.begin() as conn:
-                if await record_processed(conn, self.service, inbox_id(event.id)):
-                    await handler(conn, event)
-                else:
-                    CONSUMED.labels(type=event.type, outcome="duplicate").inc()
-                    log.info("duplicate event skipped", extra={"event_id": event.id})
+        async with conn.begin():
+            if await record_processed(conn, self.service, inbox_id(event.id)):
+                await handler(conn, event)
+            else:
+                CONSUMED.labels(type=event.type, outcome="duplicate").inc()
+                log.info("duplicate event skipped", extra={"event_id": event.id})
