@@ -3,6 +3,7 @@
 import asyncio
 import os
 import uuid
+from typing import Any
 
 import asyncpg
 import httpx
@@ -11,10 +12,11 @@ from alembic import command
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from segments_shared.cli import preflight
 from segments_shared.db.engine import asyncpg_dsn
 from segments_shared.db.migrate import alembic_config
-from tests.fixtures.infra import SERVER_URL
-from tests.fixtures.processes import BIN
+from tests.fixtures.infra import AMQP_URL, SERVER_URL
+from tests.fixtures.processes import BIN, free_port
 
 
 async def run(command: str, *args: str, env: dict[str, str]) -> tuple[int, str, str]:
@@ -112,3 +114,72 @@ async def test_keys_are_created_once_listed_and_revoked(
     )
     assert code != 0
     assert "scopes" in err
+
+
+def preflight_env(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
+    monkeypatch.setenv("SEGMENTS_AMQP_URL", AMQP_URL)
+    for name in ("URL", "POOLING", "DIRECT_URL"):
+        monkeypatch.delenv(f"SEGMENTS_DATABASE_{name}", raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(f"SEGMENTS_DATABASE_{name.upper()}", value)
+
+
+def moved(url: str, **parts: Any) -> str:
+    return make_url(url).set(**parts).render_as_string(hide_password=False)
+
+
+@pytest.mark.asyncio
+async def test_preflight_checks_the_server_directly_and_the_pool_on_its_own_database(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, pgbouncer_url: str
+) -> None:
+    """Behind PgBouncer (which serves our database, not `postgres`): the server is checked on
+    the direct URL, the pool on the database the services query through it."""
+    preflight_env(monkeypatch, url=pgbouncer_url, pooling="transaction", direct_url=database_url)
+    assert await preflight.check() == []
+
+    # The pool does not serve the database named in SEGMENTS_DATABASE_URL.
+    pgbouncer = make_url(pgbouncer_url)
+    preflight_env(
+        monkeypatch,
+        url=moved(pgbouncer_url, database="not_served"),
+        pooling="transaction",
+        direct_url=database_url,
+    )
+    [problem] = await preflight.check()
+    assert problem.startswith(
+        f"The pooler (PgBouncer) of SEGMENTS_DATABASE_URL is not reachable at "
+        f"{pgbouncer.host}:{pgbouncer.port} ("
+    ), problem
+
+    # The direct URL is where nothing listens.
+    port = free_port()
+    preflight_env(
+        monkeypatch,
+        url=pgbouncer_url,
+        pooling="transaction",
+        direct_url=moved(database_url, host="127.0.0.1", port=port),
+    )
+    [problem] = await preflight.check()
+    assert problem.startswith(f"PostgreSQL is not reachable at 127.0.0.1:{port} ("), problem
+
+    # Transaction pooling without a direct URL: the services would not start.
+    preflight_env(monkeypatch, url=pgbouncer_url, pooling="transaction")
+    problems = await preflight.check()
+    assert "needs SEGMENTS_DATABASE_DIRECT_URL" in problems[0]
+
+
+@pytest.mark.asyncio
+async def test_preflight_accepts_a_pooled_database_not_created_yet(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """`segments-db upgrade`, run next, creates it through the direct URL."""
+    preflight_env(
+        monkeypatch,
+        url=moved(database_url, database=f"segments_missing_{uuid.uuid4().hex[:8]}"),
+        pooling="transaction",
+        direct_url=database_url,
+    )
+    assert await preflight.check() == []
+    # Without pooling the server alone is checked, through `postgres`, as before.
+    preflight_env(monkeypatch, url=moved(database_url, database="segments_missing"))
+    assert await preflight.check() == []

@@ -23,25 +23,13 @@ from tests.fakes.server import serve
 from tests.fakes.webhook import WebhookState, create_app
 from tests.fixtures.infra import ADMIN_KEY
 from tests.fixtures.processes import BIN, Suite, running_suite
-from tests.support.pgbouncer import POOLED_MARK, pgbouncer_binary, running_pgbouncer
+from tests.support.pgbouncer import POOLED_MARK
 from tests.support.statement_names import StatementNames
 from tests.support.waiting import eventually
 
 SECRET = "pgbouncer-webhook-secret-0123456789"
 GOLD = {"field": "attributes.tier", "op": "eq", "value": "gold"}
 CUSTOMERS = 24
-
-
-@pytest_asyncio.fixture
-async def pgbouncer_url(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
-    """The test database through PgBouncer in transaction mode, two server connections."""
-    binary = pgbouncer_binary()
-    if binary is None:
-        if os.environ.get("SEGMENTS_TEST_REQUIRE_PGBOUNCER"):
-            pytest.fail("pgbouncer is not installed (`make test-integration` installs it as root)")
-        pytest.skip("pgbouncer is not installed: apt-get install pgbouncer (as root)")
-    async with running_pgbouncer(binary, database_url, tmp_path / "pgbouncer") as url:
-        yield url
 
 
 async def put(api: httpx.AsyncClient, path: str, body: dict[str, Any]) -> None:

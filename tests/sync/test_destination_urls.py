@@ -12,10 +12,14 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Receive, Scope, Send
 
+from segment_api.destinations import service as destinations_service
 from segment_api.settings import ApiSettings
+from segments_shared import netguard
+from segments_shared.netguard import AllowList
 from tests.fakes import webhook
 from tests.fakes.server import serve
 from tests.sync.conftest import Harness, people, row_counts, start_worker
@@ -132,6 +136,71 @@ async def test_a_url_saved_before_with_user_information_is_shown_without_it(
     assert shown["config"]["url"] == "https://****@crm.example.com/hook"
     listed = (await api.get("/v1/destinations")).json()["items"]
     assert "hunter2" not in str(listed)
+
+
+@pytest.mark.asyncio
+async def test_a_patch_checks_only_the_urls_it_sets(
+    api: httpx.AsyncClient, app: FastAPI, api_settings: ApiSettings, clean_db: AsyncEngine
+) -> None:
+    """A URL saved while the allow-list covered it stays editable around once the list
+    shrinks (the worker refuses to connect there); a 422 points only into the body."""
+    saved = "http://127.0.0.1:9/rest/admin/v2"
+    created = await create(api, "commerce", base_url=saved)
+    path = f"/v1/destinations/{created['id']}"
+    app.state.settings = api_settings.model_copy(update={"allow_private_destinations": ""})
+    try:
+        renamed = await api.patch(path, json={"name": "renamed"})
+        assert renamed.status_code == 200, renamed.text
+        changed = await api.patch(path, json={"config": {"report_name": "Other"}})
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["version"] == 3
+        assert changed.json()["config"]["base_url"] == saved
+
+        before = await row_counts(clean_db)
+        for base_url in ("http://10.0.0.1/rest/admin/v2", saved):
+            body = problem(
+                await api.patch(
+                    path, json={"name": "moved", "config": {"base_url": base_url, "store_id": "9"}}
+                ),
+                422,
+            )
+            assert [error["pointer"] for error in body["errors"]] == ["/config/base_url"], body
+            assert PRIVATE in body["errors"][0]["detail"]
+        assert await row_counts(clean_db) == before
+        shown = (await api.get(path)).json()
+        assert (shown["name"], shown["version"]) == ("renamed", 3)
+        assert (shown["config"]["base_url"], shown["config"]["store_id"]) == (saved, "10151")
+    finally:
+        app.state.settings = api_settings
+
+
+@pytest.mark.asyncio
+async def test_a_patch_resolves_its_urls_before_locking_the_destination(
+    api: httpx.AsyncClient, clean_db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS may take seconds: the destination's row is not locked while it answers."""
+    created = await create(api, "webhook")
+    seen: list[str] = []
+
+    async def check_host(host: str, allow: AllowList) -> None:
+        async with clean_db.connect() as other:
+            try:
+                await other.execute(
+                    text("SELECT 1 FROM destinations WHERE id = :id FOR UPDATE NOWAIT"),
+                    {"id": created["id"]},
+                )
+                seen.append("free")
+            except DBAPIError as exc:  # 55P03 lock_not_available
+                seen.append(str(exc.orig))
+            await other.rollback()
+        await netguard.check_host(host, allow)
+
+    monkeypatch.setattr(destinations_service, "check_host", check_host)
+    response = await api.patch(
+        f"/v1/destinations/{created['id']}", json={"config": {"url": "http://93.184.216.34/in"}}
+    )
+    assert response.status_code == 200, response.text
+    assert seen == ["free"]
 
 
 @pytest_asyncio.fixture

@@ -24,8 +24,18 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 SETTING = "SEGMENTS_ALLOW_PRIVATE_DESTINATIONS"
 # Saving a destination waits at most this long for DNS.
 RESOLVE_SECONDS = 3.0
-# IPv6 prefixes that carry an IPv4 address and reach it through a gateway (RFC 6052).
+# IPv6 prefixes whose last 32 bits are an IPv4 address: NAT64's well-known prefix (RFC 6052,
+# reached through a gateway), the local-use NAT64 block (RFC 8215: an operator's own
+# prefixes, whose DNS64 answers a vendor's IPv4 address inside it) and the deprecated
+# IPv4-compatible addresses (::/96, RFC 4291; some stacks still reach the IPv4 address).
+# An operator's local-use prefix shorter than /96 would place the IPv4 address elsewhere
+# (RFC 6052 section 2.2); the last 32 bits are what DNS64 deployments use.
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+EMBEDDING_IPV4 = (NAT64, LOCAL_NAT64, IPV4_COMPATIBLE)
+# Site-local (RFC 3879 deprecated it; Python before 3.12 counts it global).
+SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")
 
 
 class BlockedDestination(Exception):
@@ -55,14 +65,15 @@ def literal_address(host: str) -> IPAddress | None:
 
 
 def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one stands for (`::ffff:127.0.0.1`, 6to4, NAT64), if any."""
+    """The IPv4 address an IPv6 one stands for (`::ffff:127.0.0.1`, 6to4, NAT64, local-use
+    NAT64, IPv4-compatible `::7f00:1`), if any."""
     if isinstance(address, ipaddress.IPv4Address):
         return None
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
     if address.sixtofour is not None:
         return address.sixtofour
-    if address in NAT64:
+    if any(address in prefix for prefix in EMBEDDING_IPV4):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 
@@ -70,11 +81,14 @@ def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
 def is_public(address: IPAddress) -> bool:
     """Publicly routable. Refused besides loopback, private (unique-local fc00::/7 included),
     link-local and unspecified space: shared (100.64.0.0/10), reserved, documentation,
-    benchmarking and multicast addresses, none of which is a vendor's."""
+    benchmarking, site-local (fec0::/10) and multicast (224.0.0.0/4, ff00::/8) addresses,
+    none of which is a vendor's. An IPv6 address carrying an IPv4 one is judged by that."""
     inner = embedded_ipv4(address)
     if inner is not None:
         return is_public(inner)
-    return address.is_global and not address.is_multicast
+    if address.is_multicast or address in SITE_LOCAL:
+        return False
+    return address.is_global
 
 
 @dataclass(frozen=True)

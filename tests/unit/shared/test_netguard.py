@@ -36,13 +36,28 @@ BLOCKED = [
     "::ffff:169.254.169.254",
     "2002:7f00:1::",  # 6to4 of 127.0.0.1
     "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+    "64:ff9b:1::a9fe:a9fe",  # local-use NAT64 (RFC 8215) of 169.254.169.254
+    "64:ff9b:1:abcd::a00:1",  # the same block, of 10.0.0.1
+    "::7f00:1",  # IPv4-compatible 127.0.0.1
+    "::a9fe:a9fe",  # IPv4-compatible 169.254.169.254
+    "fec0::1",  # site-local, deprecated
+    "fec0::808:808",
     "224.0.0.1",
     "ff02::1",
+    "ff0e::1",  # global-scope multicast
+    "ff05::808:808",
     "255.255.255.255",
     "240.0.0.1",
     "192.0.2.10",
 ]
-PUBLIC = ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "::ffff:93.184.216.34"]
+PUBLIC = [
+    "93.184.216.34",
+    "8.8.8.8",
+    "2606:4700:4700::1111",
+    "::ffff:93.184.216.34",
+    "64:ff9b::5db8:d822",  # NAT64 of 93.184.216.34
+    "64:ff9b:1:abcd::5db8:d822",  # local-use NAT64 of it, as DNS64 answers
+]
 
 
 @pytest.mark.parametrize("address", BLOCKED)

@@ -38,6 +38,42 @@ from segments_shared.redaction import redact_urls, strip_user_info
             "https://api.example.com/v3/users/a@b.com?page=2",
         ),
         ("no url at all, just a@b.com", "no url at all, just a@b.com"),
+        ("https://h/x?email=a@b.c", "https://h/x?email=a@b.c"),
+        (
+            "http://localhost:9101/3.0/users/a@b.com?page=2",
+            "http://localhost:9101/3.0/users/a@b.com?page=2",
+        ),
+        ("file:///tmp/a@b and http://[::1]:80/a@b", "file:///tmp/a@b and http://[::1]:80/a@b"),
+        # Passwords pasted unencoded: every character of them masked.
+        ("postgresql+asyncpg://app:p@ss@db/x", "postgresql+asyncpg://****@db/x"),
+        ("amqp://u:pa/ss@h/", "amqp://****@h/"),
+        ("https://u:p?w@h/", "https://****@h/"),
+        ("https://u:p#w@h/x?page=2", "https://****@h/x?page=2"),
+        ("https://u:p:w@h:8443/x", "https://****@h:8443/x"),
+        ("amqp://u:a/b?c#d@e:f@h/vhost", "amqp://****@h/vhost"),
+        ("https://:p@h/ and https://u:@h/", "https://****@h/ and https://****@h/"),
+        # User information and an @ in the path or query: the host stays.
+        ("https://u:p@h/users/a@b.com?e=c@d.e", "https://****@h/users/a@b.com?e=c@d.e"),
+        ("amqp://u:pa/ss@h/x?email=a@b.c", "amqp://****@h/x?email=a@b.c"),
+        # Several URLs in one line, a list of broker nodes, a URL in another's query.
+        (
+            "from https://a:b@h1/x to 'postgresql://c:d@e@h2/db', \"amqp://f:g@h3\"",
+            "from https://****@h1/x to 'postgresql://****@h2/db', \"amqp://****@h3\"",
+        ),
+        (
+            "amqp://u:p@h1:5672/,amqp://u:p@h2:5672/",
+            "amqp://****@h1:5672/,amqp://****@h2:5672/",
+        ),
+        (
+            "amqps://u:p@ss@h1,amqps://v:q/r@h2:5671,amqps://h3",
+            "amqps://****@h1,amqps://****@h2:5671,amqps://h3",
+        ),
+        (
+            "https://h/login?next=https://u:p@in/x?token=t",
+            "https://h/login?next=https://****@in/x?token=****",
+        ),
+        # A token in the fragment (OAuth's implicit flow).
+        ("https://h/cb#access_token=abc&state=1", "https://h/cb#access_token=****&state=1"),
     ],
 )
 def test_urls_are_redacted_in_text(text: str, expected: str) -> None:
@@ -50,6 +86,22 @@ def test_a_destination_url_shown_keeps_its_query() -> None:
         == "https://****@crm.example.com/h?token=abc"
     )
     assert strip_user_info("https://crm.example.com/h") == "https://crm.example.com/h"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://u:p@ss@h/x", "https://****@h/x"),
+        ("https://u:pa/ss@h/x?token=abc", "https://****@h/x?token=abc"),
+        ("https://u:p?w@h/", "https://****@h/"),
+        ("https://u:p#w@h/", "https://****@h/"),
+        ("https://u:p@h/users/a@b.com", "https://****@h/users/a@b.com"),
+        ("https://h/x?email=a@b.c", "https://h/x?email=a@b.c"),
+        ("https://h:8443/users/a@b.com", "https://h:8443/users/a@b.com"),
+    ],
+)
+def test_a_password_is_masked_whole_whatever_it_holds(url: str, shown: str) -> None:
+    assert strip_user_info(url) == shown
 
 
 def test_no_log_line_prints_a_urls_credentials() -> None:

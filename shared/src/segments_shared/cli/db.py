@@ -8,6 +8,7 @@ from alembic import command
 from segments_shared.config import DatabaseSettings
 from segments_shared.db.engine import session_url
 from segments_shared.db.migrate import alembic_config, upgrade
+from segments_shared.redaction import redact_urls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             command.check(alembic_config(url))
     except OSError as exc:
-        sys.stderr.write(f"segments-db: cannot reach PostgreSQL at {url}: {exc}\n")
+        # Without the password: all user information masked, a password holding `@` too.
+        where, reason = redact_urls(url), redact_urls(str(exc))
+        sys.stderr.write(f"segments-db: cannot reach PostgreSQL at {where}: {reason}\n")
         return 2
     return 0
 

@@ -4,14 +4,15 @@ whichever does not."""
 import asyncio
 import logging
 import sys
+from collections.abc import Awaitable
 
 import asyncpg
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from segments_shared.bus.addresses import BrokerAddress
 from segments_shared.bus.connection import BrokerUnreachable, broker_addresses, connect_first
 from segments_shared.config import BrokerSettings, DatabaseSettings
-from segments_shared.db.engine import asyncpg_dsn
+from segments_shared.db.engine import asyncpg_dsn, session_url
 
 HOW_TO_START = {
     "PostgreSQL": (
@@ -23,16 +24,28 @@ HOW_TO_START = {
         "docker compose up -d rabbitmq, or start the system service "
         "(sudo systemctl start rabbitmq-server, or rabbitmq-server -detached)"
     ),
+    "The pooler (PgBouncer) of SEGMENTS_DATABASE_URL": (
+        "sudo systemctl start pgbouncer, and check that its [databases] section serves the "
+        "database named in SEGMENTS_DATABASE_URL (docs/operations.md#behind-pgbouncer)"
+    ),
 }
 
 
-async def _postgres(url: str) -> str | None:
+async def _postgres(url: URL, *, missing_database_ok: bool = False) -> str | None:
     try:
-        conn = await asyncpg.connect(asyncpg_dsn(make_url(url).set(database="postgres")), timeout=5)
+        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
+    except asyncpg.InvalidCatalogNameError:
+        # The pooler reached the server, which lacks the database yet: `segments-db upgrade`
+        # creates it through the direct URL.
+        return None if missing_database_ok else f"database {url.database!r} does not exist"
     except Exception as exc:
         return repr(exc)
     await conn.close()
     return None
+
+
+def _where(url: URL) -> str:
+    return f"{url.host}:{url.port or 5432}"
 
 
 async def _rabbitmq(addresses: list[BrokerAddress]) -> str | None:
@@ -48,18 +61,36 @@ async def _rabbitmq(addresses: list[BrokerAddress]) -> str | None:
 async def check() -> list[str]:
     database = DatabaseSettings()
     broker = BrokerSettings()
-    database_url = make_url(database.database_url)
-    addresses = broker_addresses(broker.amqp_url.get_secret_value())
-    results = await asyncio.gather(_postgres(database.database_url), _rabbitmq(addresses))
     problems = []
-    for (name, where), error in zip(
-        (
-            ("PostgreSQL", f"{database_url.host}:{database_url.port or 5432}"),
-            ("RabbitMQ", ", ".join(address.where for address in addresses)),
-        ),
-        results,
-        strict=True,
-    ):
+    pooled = database.database_pooling == "transaction"
+    if pooled and not database.database_direct_url:
+        problems.append(
+            "SEGMENTS_DATABASE_POOLING=transaction needs SEGMENTS_DATABASE_DIRECT_URL: LISTEN, "
+            "session advisory locks and migrations cannot go through transaction pooling "
+            "(docs/operations.md#behind-pgbouncer)"
+        )
+    # The server through its `postgres` database, which is there before ours is created: on
+    # the direct URL when there is one, since a PgBouncer seldom serves `postgres`.
+    server = make_url(session_url(database))
+    checks: list[tuple[str, str, Awaitable[str | None]]] = [
+        ("PostgreSQL", _where(server), _postgres(server.set(database="postgres")))
+    ]
+    if pooled:
+        # The pooled URL against its own database, the one the services query through it.
+        url = make_url(database.database_url)
+        checks.append(
+            (
+                "The pooler (PgBouncer) of SEGMENTS_DATABASE_URL",
+                _where(url),
+                _postgres(url, missing_database_ok=True),
+            )
+        )
+    addresses = broker_addresses(broker.amqp_url.get_secret_value())
+    checks.append(
+        ("RabbitMQ", ", ".join(address.where for address in addresses), _rabbitmq(addresses))
+    )
+    results = await asyncio.gather(*(probe for _, _, probe in checks))
+    for (name, where, _), error in zip(checks, results, strict=True):
         if error is not None:
             problems.append(
                 f"{name} is not reachable at {where} ({error}).\n  Start it: {HOW_TO_START[name]}"

@@ -5,7 +5,7 @@ of credentials, credentials encrypted at rest and shown masked, `version` bumped
 import uuid
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segment_api.destinations import repository
@@ -64,14 +64,15 @@ def _config_errors(exc: ValidationError) -> ProblemException:
     )
 
 
-async def _check_urls(config: DestinationConfig, allow: AllowList) -> None:
-    """422 at each URL that carries credentials or points into our network. The host is
-    resolved now; the worker checks again the address it connects to, every time."""
+_URL = TypeAdapter(AnyHttpUrl)
+
+
+async def _url_errors(urls: dict[str, AnyHttpUrl], allow: AllowList) -> list[dict[str, str]]:
+    """An error at each URL that carries credentials or points into our network. The host is
+    resolved now (up to netguard.RESOLVE_SECONDS); the worker checks again the address it
+    connects to, every time."""
     errors = []
-    for name in URL_FIELDS:
-        url = getattr(config, name, None)
-        if url is None:
-            continue
+    for name, url in urls.items():
         pointer = f"/config/{name}"
         if has_user_info(str(url)):
             errors.append({"pointer": pointer, "detail": USER_INFO})
@@ -80,8 +81,25 @@ async def _check_urls(config: DestinationConfig, allow: AllowList) -> None:
             await check_host(str(url.host), allow)
         except BlockedDestination as exc:
             errors.append({"pointer": pointer, "detail": str(exc)})
-    if errors:
-        raise _invalid(errors)
+    return errors
+
+
+def _urls_of(config: DestinationConfig) -> dict[str, AnyHttpUrl]:
+    return {name: url for name in URL_FIELDS if (url := getattr(config, name, None)) is not None}
+
+
+def _urls_sent(patch: dict[str, Any]) -> dict[str, AnyHttpUrl]:
+    """The URLs a PATCH sets, parsed as the configuration parses them; one that does not
+    parse is left to the configuration's validation, which answers it."""
+    urls = {}
+    for name in URL_FIELDS:
+        if patch.get(name) is None:
+            continue
+        try:
+            urls[name] = _URL.validate_python(patch[name])
+        except ValidationError:
+            continue
+    return urls
 
 
 def _validate(destination_type: str, values: dict[str, Any]) -> DestinationConfig:
@@ -126,7 +144,8 @@ async def create_destination(
     conn: AsyncConnection, body: DestinationCreate, secret_box: SecretBox, allow: AllowList
 ) -> Destination:
     config = _validate(body.type, body.config)
-    await _check_urls(config, allow)
+    if errors := await _url_errors(_urls_of(config), allow):
+        raise _invalid(errors)
     row = await repository.insert_destination(
         conn, {"name": body.name, "type": body.type, **_stored(body.type, config, secret_box)}
     )
@@ -192,6 +211,13 @@ async def update_destination(
     secret_box: SecretBox | None,
     allow: AllowList,
 ) -> Destination:
+    # Only the URLs the body sets are checked: one saved before, which a shrunk allow-list
+    # would refuse now, is not the client's error (the worker refuses to connect there), and
+    # a 422 must point into the body. They are resolved before the first statement, so that
+    # no transaction is open on the server and no row locked while DNS answers; their errors
+    # are answered after those of a missing row, a stale If-Match and an invalid config, as
+    # before.
+    url_errors = await _url_errors(_urls_sent(body.config or {}), allow)
     row = await repository.lock(conn, destination_id)
     if row is None:
         raise not_found("destination", destination_id)
@@ -206,7 +232,8 @@ async def update_destination(
             )
         old = _validate(row.type, {**row.config, **secret_box.decrypt(row.secrets)})
         new = _validate(row.type, _merged_config(row, body.config, secret_box))
-        await _check_urls(new, allow)
+        if url_errors:
+            raise _invalid(url_errors)
         if _retargeted(row, old, new):
             if await repository.has_active_run(conn, destination_id):
                 raise ProblemException(
