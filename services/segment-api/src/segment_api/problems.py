@@ -318,17 +318,12 @@ def unavailable_problem(exc: BaseException, instance: str | None = None) -> Resp
     if isinstance(exc, OSError):
         log.warning("database unreachable", extra={"path": instance, "error": repr(exc)})
         return _retry_after(5, "the database is unreachable", instance)
-    if is_transient(exc) or _closed_connection(exc):
+    if is_transient(exc):
         # Raw asyncpg on the hot paths: a connection terminated by a restart (57P01, class
         # 08), a server still starting (57P03), or one already closed under us.
         log.warning("database unavailable", extra={"path": instance, "error": repr(exc)})
         return _retry_after(2, "the database is unavailable; retry the request", instance)
     return None
-
-
-def _closed_connection(exc: BaseException) -> bool:
-    """asyncpg's answer to a statement on a connection that was lost before it."""
-    return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
 
 
 def _retry_after(seconds: int, detail: str, instance: str | None) -> Response:
