@@ -274,9 +274,13 @@ async def test_an_event_no_queue_binds_is_kept_in_the_unrouted_queue(
     clean_db: AsyncEngine, broker: AbstractConnection, bus_prefix: str
 ) -> None:
     topology = Topology(bus_prefix)
+    segment_id = uuid.uuid4()
     event = SyncCompletedEvent(
         source="tests",
-        data=SyncCompleted(sync_id=uuid.uuid4(), status="succeeded", stats={"added": 1}),
+        subject=str(segment_id),
+        data=SyncCompleted(
+            sync_id=uuid.uuid4(), segment_id=segment_id, status="succeeded", stats={"added": 1}
+        ),
     )
     async with clean_db.begin() as conn:
         await add_events(conn, [event])

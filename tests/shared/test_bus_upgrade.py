@@ -74,9 +74,13 @@ async def _zero(count: Awaitable[int]) -> bool:
 
 
 def sync_completed() -> SyncCompletedEvent:
+    segment_id = uuid.uuid4()
     return SyncCompletedEvent(
         source="tests",
-        data=SyncCompleted(sync_id=uuid.uuid4(), status="succeeded", stats={"added": 1}),
+        subject=str(segment_id),
+        data=SyncCompleted(
+            sync_id=uuid.uuid4(), segment_id=segment_id, status="succeeded", stats={"added": 1}
+        ),
     )
 
 
@@ -141,7 +145,11 @@ async def test_declaring_over_the_previous_install_keeps_the_channel_and_drops_o
             subject=str(segment_id),
             data=SegmentRef(segment_id=segment_id, name="gone", version=1),
         ),
-        CustomerErased(source="tests", data=CustomerIds(customer_external_ids=["erased-1"])),
+        CustomerErased(
+            source="tests",
+            subject="erased-1",
+            data=CustomerIds(customer_external_ids=["erased-1"]),
+        ),
     ]
     for event in published:
         await exchange.publish(

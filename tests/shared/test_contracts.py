@@ -29,6 +29,37 @@ def test_committed_asyncapi_document_is_current() -> None:
     )
 
 
+def test_the_document_requires_every_field_an_event_carries() -> None:
+    """Events are written whole (`event_json`), so every attribute and every data field is in
+    every message: each schema requires all it declares (a field that may be null is still
+    there, as null). tests/e2e/test_event_contract.py checks real messages against it."""
+    schemas = build()["components"]["schemas"]
+    optional = {
+        name: sorted(set(schema.get("properties", {})) - set(schema.get("required", [])))
+        for name, schema in schemas.items()
+    }
+    assert {name: keys for name, keys in optional.items() if keys} == {}
+    envelope = schemas["SegmentCreated"]
+    assert envelope["required"] == [
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "subject",
+        "datacontenttype",
+        "correlationid",
+        "data",
+    ]
+    assert envelope["properties"]["subject"]["type"] == "string"
+    assert {"type": "null"} in envelope["properties"]["correlationid"]["anyOf"]
+
+
+def test_a_subject_is_required() -> None:
+    with pytest.raises(ValidationError, match="subject"):
+        CustomerChanged(source="x", data=CustomerIds(customer_external_ids=["c1"]))  # type: ignore[call-arg]
+
+
 def test_every_event_type_is_documented_in_events_md() -> None:
     text = (ROOT / "docs" / "events.md").read_text()
     for event_type in EVENT_TYPES:
@@ -60,5 +91,7 @@ def test_unknown_types_and_oversized_id_lists_are_refused() -> None:
         parse_event(b'{"specversion": "1.0", "id": "1", "source": "x", "type": "nope", "data": {}}')
     with pytest.raises(ValidationError):
         CustomerChanged(
-            source="x", data=CustomerIds(customer_external_ids=[str(i) for i in range(1001)])
+            source="x",
+            subject="0",
+            data=CustomerIds(customer_external_ids=[str(i) for i in range(1001)]),
         )

@@ -42,7 +42,11 @@ def _message_name(event_type: str) -> str:
 
 
 def build() -> dict[str, Any]:
-    schema = TypeAdapter(Event).json_schema(ref_template="#/components/schemas/{model}")
+    # The schema of what is published (every field written, so every field required: see
+    # ALWAYS_WRITTEN in events.py), not of what a constructor accepts.
+    schema = TypeAdapter(Event).json_schema(
+        ref_template="#/components/schemas/{model}", mode="serialization"
+    )
     schemas: dict[str, Any] = dict(schema.get("$defs", {}))
     by_type: dict[str, str] = {}
     for name, definition in schemas.items():
@@ -56,6 +60,7 @@ def build() -> dict[str, Any]:
             "summary": DESCRIPTIONS[event_type],
             "contentType": "application/cloudevents+json",
             "payload": {"$ref": f"#/components/schemas/{by_type[event_type]}"},
+            "correlationId": {"$ref": "#/components/correlationIds/request"},
             "tags": [{"name": "internal" if event_type in INTERNAL_TYPES else "public"}],
         }
         for event_type in EVENT_TYPES
@@ -113,7 +118,17 @@ def build() -> dict[str, Any]:
             }
             for name, event_type in zip(messages, EVENT_TYPES, strict=True)
         },
-        "components": {"messages": messages, "schemas": schemas},
+        "components": {
+            "messages": messages,
+            "schemas": schemas,
+            "correlationIds": {
+                "request": {
+                    "description": "The id of the request that caused the event; null when "
+                    "no request did.",
+                    "location": "$message.payload#/correlationid",
+                }
+            },
+        },
     }
 
 

@@ -15,9 +15,15 @@ from segments_shared.observability import current_correlation_id
 
 MAX_IDS_PER_EVENT = 1000
 
+# An event is written whole (`event_json`, `model_dump_json`: no field left out, a missing
+# value written as null), so every field is in every message, defaults included: the
+# document's schemas (`mode="serialization"`, segments_shared/asyncapi.py) require them all,
+# and a generated consumer gets no optional `id`, `type` or `time`.
+ALWAYS_WRITTEN = ConfigDict(json_schema_serialization_defaults_required=True)
+
 
 class EventData(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", **ALWAYS_WRITTEN)
 
 
 class SegmentRef(EventData):
@@ -39,6 +45,8 @@ class CustomerIds(EventData):
 
 
 class OrderRef(BaseModel):
+    model_config = ALWAYS_WRITTEN
+
     order_external_id: str
     customer_external_id: str
 
@@ -63,6 +71,8 @@ class SyncCompleted(EventData):
 
 
 class Kpis(BaseModel):
+    model_config = ALWAYS_WRITTEN
+
     customers: int
     reachable_customers: int
     total_revenue: str
@@ -79,16 +89,18 @@ class MetricsUpdated(EventData):
 
 
 class CloudEvent(BaseModel):
-    """The structured-mode envelope; `type` is also the routing key."""
+    """The structured-mode envelope; `type` is also the routing key. `correlationid` is null
+    when no request caused the event."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", **ALWAYS_WRITTEN)
 
     specversion: Literal["1.0"] = "1.0"
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     source: str
     type: str
     time: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    subject: str | None = None
+    # The segment id, or the (first) customer or order external id: every event has one.
+    subject: str
     datacontenttype: Literal["application/json"] = "application/json"
     correlationid: str | None = Field(default_factory=current_correlation_id)
     data: Any
