@@ -1,4 +1,5 @@
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -228,6 +229,42 @@ async def list_customers(
 ) -> list[Mapping[str, Any]]:
     driver = await driver_connection(conn)
     rows: list[Mapping[str, Any]] = await driver.fetch(_LIST, email, after, limit)
+    return rows
+
+
+_CUSTOMER_ID = "SELECT id FROM customers WHERE external_id = $1"
+# The customer's memberships through ix_segment_members_customer_id (a customer is in few
+# segments; sorting them is cheap), each segment's row by its key.
+_SEGMENTS_OF = """
+    SELECT m.segment_id, s.name, s.kind, m.added_at,
+        CASE
+            WHEN s.definition->>'type' IS DISTINCT FROM 'rule' THEN 'manual'
+            WHEN EXISTS (
+                SELECT 1 FROM segment_overrides o
+                WHERE o.segment_id = m.segment_id AND o.customer_id = m.customer_id
+                  AND o.mode = 'include'
+            ) THEN 'include'
+            ELSE 'rule'
+        END AS via
+    FROM segment_members m JOIN segments s ON s.id = m.segment_id
+    WHERE m.customer_id = $1 AND ($2::uuid IS NULL OR m.segment_id > $2)
+    ORDER BY m.segment_id
+    LIMIT $3
+"""
+
+
+async def customer_id(conn: AsyncConnection, external_id: str) -> int | None:
+    driver = await driver_connection(conn)
+    found: int | None = await driver.fetchval(_CUSTOMER_ID, external_id)
+    return found
+
+
+async def segments_of(
+    conn: AsyncConnection, customer: int, after: uuid.UUID | None, limit: int
+) -> list[Mapping[str, Any]]:
+    """The segments the customer is in, by segment id, after `after`."""
+    driver = await driver_connection(conn)
+    rows: list[Mapping[str, Any]] = await driver.fetch(_SEGMENTS_OF, customer, after, limit)
     return rows
 
 

@@ -3,7 +3,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 
 from segment_api.customers import service
-from segment_api.customers.schemas import BulkResult, Customer, CustomerIn, CustomersBulk
+from segment_api.customers.schemas import (
+    BulkResult,
+    Customer,
+    CustomerIn,
+    CustomersBulk,
+    CustomerSegment,
+)
 from segment_api.deps import Db, OneStatementDb, ReadDb, ReadKey, WriteKey
 from segment_api.fields import Email, ExternalId
 from segment_api.listing import PageQuery
@@ -66,6 +72,20 @@ async def list_customers(
 )
 async def get_customer(external_id: CustomerPath, db: ReadDb, _: ReadKey) -> Customer:
     return await service.get_customer(db, external_id)
+
+
+@router.get(
+    "/{external_id}/segments",
+    operation_id="listCustomerSegments",
+    summary="List the segments a customer is in",
+    description="Each with how the customer is in it (`via`): `manual` (a manual segment's "
+    "member), `rule` (by a rule segment's rule) or `include` (by its explicit include).",
+    responses=answers(404),
+)
+async def list_customer_segments(
+    external_id: CustomerPath, db: ReadDb, _: ReadKey, page: PageQuery
+) -> Page[CustomerSegment]:
+    return await service.list_customer_segments(db, external_id, page)
 
 
 @router.delete(

@@ -1,3 +1,4 @@
+import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -116,3 +117,14 @@ class CustomersBulk(RequestModel):
 class BulkResult(BaseModel):
     created: int
     updated: int = Field(description="Every item that already existed, changed or not")
+
+
+class CustomerSegment(BaseModel):
+    """A segment the customer is in, and how: a manual segment's member (`manual`), by a rule
+    segment's rule (`rule`) or by its explicit include (`include`)."""
+
+    segment_id: uuid.UUID
+    name: str
+    kind: Literal["default", "user", "custom"]
+    added_at: datetime
+    via: Literal["manual", "rule", "include"]

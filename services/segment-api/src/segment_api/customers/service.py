@@ -1,14 +1,21 @@
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segment_api.customers import repository
-from segment_api.customers.schemas import BulkResult, Customer, CustomerIn, CustomersBulk
+from segment_api.customers.schemas import (
+    BulkResult,
+    Customer,
+    CustomerIn,
+    CustomersBulk,
+    CustomerSegment,
+)
 from segment_api.events import SOURCE
 from segment_api.listing import PageRequest
-from segment_api.pagination import Page
-from segment_api.problems import ProblemException, not_found, repeat_errors
+from segment_api.pagination import Page, decode_cursor
+from segment_api.problems import ProblemException, not_found, parameter_error, repeat_errors
 from segment_api.segments import locks
 from segments_shared.changes import changes_of
 from segments_shared.events import MAX_IDS_PER_EVENT, CustomerChanged, CustomerErased, CustomerIds
@@ -90,6 +97,30 @@ async def list_customers(
         items=[to_customer(row) for row in rows[: page.limit]],
         next_cursor=page.next_cursor(rows, lambda row: (row["id"],)),
     )
+
+
+async def list_customer_segments(
+    conn: AsyncConnection, external_id: str, page: PageRequest
+) -> Page[CustomerSegment]:
+    """The segments the customer is in, by segment id; 404 for an unknown customer."""
+    customer = await repository.customer_id(conn, external_id)
+    if customer is None:
+        raise not_found("customer", external_id)
+    after = _segment_cursor(page.cursor) if page.cursor else None
+    rows = await repository.segments_of(conn, customer, after, page.limit + 1)
+    return Page(
+        items=[CustomerSegment.model_validate(dict(row)) for row in rows[: page.limit]],
+        next_cursor=page.next_cursor(rows, lambda row: (str(row["segment_id"]),)),
+    )
+
+
+def _segment_cursor(cursor: str) -> uuid.UUID:
+    """A cursor of one segment id, as `list_customer_segments` issues."""
+    (segment_id,) = decode_cursor(cursor, 1)
+    try:
+        return uuid.UUID(str(segment_id))
+    except ValueError:
+        raise parameter_error("cursor", "the cursor is not one this API issued") from None
 
 
 async def erase_customer(conn: AsyncConnection, external_id: str) -> None:
