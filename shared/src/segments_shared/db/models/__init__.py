@@ -26,6 +26,7 @@ from segments_shared.db.models.segments import (
     SegmentOverride,
     SegmentRefreshSignal,
 )
+from segments_shared.db.models.subscriptions import Subscription, SubscriptionSignal
 
 __all__ = [
     "ApiKey",
@@ -49,6 +50,8 @@ __all__ = [
     "SegmentMember",
     "SegmentOverride",
     "SegmentRefreshSignal",
+    "Subscription",
+    "SubscriptionSignal",
     "SyncRun",
     "SyncRunFailure",
     "VendorRateWindow",

@@ -79,9 +79,14 @@ class SyncRun(Base):
     # Carried out as a job of the job engine (`jobs`, queue `sync_run`), which holds its
     # lease and counts its attempts; this is the count as of its latest claim.
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    # What asked for it; the subscription whose run it is (no foreign key: a deleted
+    # subscription's runs keep saying whose they were, and deleting one touches no run).
+    trigger: Mapped[str] = mapped_column(Text, server_default="manual")
+    subscription_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
 
     __table_args__ = (
         CheckConstraint("kind IN ('sync', 'promotion')", name="kind"),
+        CheckConstraint("trigger IN ('manual', 'change', 'schedule', 'promotion')", name="trigger"),
         CheckConstraint(
             "status IN ('queued', 'running', 'succeeded', 'partial', 'failed')", name="status"
         ),
@@ -94,6 +99,12 @@ class SyncRun(Base):
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
         Index("ix_sync_runs_segment_id_requested_at", "segment_id", "requested_at"),
+        Index(
+            "ix_sync_runs_subscription_id_seq",
+            "subscription_id",
+            "seq",
+            postgresql_where=text("subscription_id IS NOT NULL"),
+        ),
     )
 
 
