@@ -68,6 +68,10 @@ class SyncCompleted(EventData):
     destination_id: uuid.UUID | None = None
     status: str
     stats: dict[str, int]
+    # What asked for the run: `manual`, `change`, `schedule` or `promotion`; the
+    # subscription whose run it is (None for manual runs and promotions).
+    trigger: str = "manual"
+    subscription_id: uuid.UUID | None = None
 
 
 class Kpis(BaseModel):

@@ -28,6 +28,7 @@ from segment_api.rules.router import router as rules_router
 from segment_api.rules.settings import RefreshSettings
 from segment_api.segments.router import router as segments_router
 from segment_api.settings import ApiSettings
+from segment_api.subscriptions.router import router as subscriptions_router
 from segment_api.syncs.router import router as syncs_router
 from segment_api.targets.router import router as targets_router
 from segments_shared.apikeys import create_key
@@ -146,6 +147,7 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
         segments_router,
         destinations_router,
         syncs_router,
+        subscriptions_router,
     ):
         app.include_router(router)
 

@@ -31,6 +31,7 @@ from sync_worker.connectors.http import RetryPolicy
 from sync_worker.execution import DEFER_SECONDS, Deferred, Execution, Interrupted, execute_run
 from sync_worker.limiter import VendorLimiter
 from sync_worker.settings import SyncWorkerSettings
+from sync_worker.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -152,4 +153,7 @@ def sync_runner(
 ) -> tuple[JobRunner, SyncRuns]:
     """The runner of sync runs; it polls too: an expired lease is announced by nothing."""
     kind = SyncRuns(engine, settings, secret_box, worker)
-    return JobRunner(engine, worker, [kind], poll_seconds=2.0, name="sync runs"), kind
+    # Subscriptions request runs, so they live beside them (sync_worker/subscriptions.py).
+    subscriptions = Subscriptions(engine, settings, worker)
+    runner = JobRunner(engine, worker, [kind, subscriptions], poll_seconds=2.0, name="sync runs")
+    return runner, kind

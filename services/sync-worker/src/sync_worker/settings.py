@@ -15,3 +15,9 @@ class SyncWorkerSettings(ServiceSettings, DestinationSettings):
     sync_retry_base_seconds: float = 0.5
     sync_retry_cap_seconds: float = 30.0
     sync_request_timeout_seconds: float = 60.0
+    # Subscriptions: a steady stream of changes still runs this long after the first change
+    # not yet sent; how often change signals are folded; how soon a subscription whose pair
+    # has a run in progress tries again.
+    subscription_change_ceiling_seconds: float = 60.0
+    subscription_poll_seconds: float = 0.5
+    subscription_busy_retry_seconds: float = 1.0

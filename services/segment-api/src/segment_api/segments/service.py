@@ -25,6 +25,7 @@ from segment_api.segments.schemas import (
     SegmentMetrics,
     SegmentUpdate,
 )
+from segment_api.subscriptions import resume as subscriptions
 from segment_api.versions import check_if_match
 from segments_shared.apikeys import ApiKeyInfo
 from segments_shared.changes import changes_of
@@ -301,6 +302,7 @@ async def set_active(
     if active:
         # It was not refreshed while inactive.
         await refreshes.request_refresh(conn, segment_id, "activated")
+        await subscriptions.segment_activated(conn, segment_id)
     else:
         await refreshes.drop(conn, segment_id)
     return await _segment_changed(conn, row, SegmentActivated if active else SegmentDeactivated)

@@ -1,4 +1,5 @@
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, select, text
@@ -65,6 +66,33 @@ async def list_runs(
     statement = select(SyncRun.__table__).where(SyncRun.segment_id == segment_id)
     if destination_id is not None:
         statement = statement.where(SyncRun.destination_id == destination_id)
+    if before_seq is not None:
+        statement = statement.where(SyncRun.seq < before_seq)
+    statement = statement.order_by(SyncRun.seq.desc()).limit(limit + 1)
+    return list((await conn.execute(statement)).all())
+
+
+@dataclass(frozen=True)
+class RunFilters:
+    status: str | None = None
+    trigger: str | None = None
+    destination_id: uuid.UUID | None = None
+    segment_id: uuid.UUID | None = None
+
+
+async def list_all_runs(
+    conn: AsyncConnection, filters: RunFilters, *, before_seq: int | None, limit: int
+) -> list[AnyRow]:
+    """Runs of every segment, newest first (by `seq`, which orders them as requested)."""
+    statement = select(SyncRun.__table__)
+    if filters.status is not None:
+        statement = statement.where(SyncRun.status == filters.status)
+    if filters.trigger is not None:
+        statement = statement.where(SyncRun.trigger == filters.trigger)
+    if filters.destination_id is not None:
+        statement = statement.where(SyncRun.destination_id == filters.destination_id)
+    if filters.segment_id is not None:
+        statement = statement.where(SyncRun.segment_id == filters.segment_id)
     if before_seq is not None:
         statement = statement.where(SyncRun.seq < before_seq)
     statement = statement.order_by(SyncRun.seq.desc()).limit(limit + 1)

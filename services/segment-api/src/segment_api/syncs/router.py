@@ -9,7 +9,15 @@ from segment_api.pagination import Page
 from segment_api.parameters import DestinationId, SegmentId
 from segment_api.responses import answers
 from segment_api.syncs import service
-from segment_api.syncs.schemas import DestinationState, PromotionCreate, SyncCreate, SyncRun
+from segment_api.syncs.repository import RunFilters
+from segment_api.syncs.schemas import (
+    DestinationState,
+    PromotionCreate,
+    SyncCreate,
+    SyncRun,
+    SyncStatus,
+    SyncTrigger,
+)
 
 router = APIRouter(tags=["syncs"])
 
@@ -73,6 +81,34 @@ async def destination_state(
     _: ReadKey,
 ) -> DestinationState:
     return await service.destination_state(db, segment_id, destination_id)
+
+
+@router.get(
+    "/v1/syncs",
+    operation_id="listSyncs",
+    summary="List sync runs across all segments, newest first",
+    description="The operator's view: filter by status, trigger, destination or segment.",
+    responses=answers(),
+)
+async def list_all_syncs(
+    db: ReadDb,
+    _: ReadKey,
+    page: PageQuery,
+    status_: Annotated[
+        SyncStatus | None, Query(alias="status", description="Only runs in this status")
+    ] = None,
+    trigger: Annotated[
+        SyncTrigger | None, Query(description="Only runs asked for this way")
+    ] = None,
+    destination_id: Annotated[
+        uuid.UUID | None, Query(description="Only runs to this destination")
+    ] = None,
+    segment_id: Annotated[uuid.UUID | None, Query(description="Only runs of this segment")] = None,
+) -> Page[SyncRun]:
+    filters = RunFilters(
+        status=status_, trigger=trigger, destination_id=destination_id, segment_id=segment_id
+    )
+    return await service.list_all_runs(db, filters, page)
 
 
 @router.get(

@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 from segment_api.fields import RequestModel, with_examples
 
 SyncStatus = Literal["queued", "running", "succeeded", "partial", "failed"]
+SyncTrigger = Literal["manual", "change", "schedule", "promotion"]
 
 
 class SyncCreate(RequestModel):
@@ -49,6 +50,13 @@ class SyncRun(BaseModel):
         description="A promotion's source (the production destination)"
     )
     status: SyncStatus
+    trigger: SyncTrigger = Field(
+        description="What asked for the run: a request (`manual`), a subscription (`change`, "
+        "`schedule`) or a promotion"
+    )
+    subscription_id: uuid.UUID | None = Field(
+        description="The subscription whose run it is; null for manual runs and promotions"
+    )
     requested_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

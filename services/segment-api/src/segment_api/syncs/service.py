@@ -13,6 +13,7 @@ from segment_api.pagination import Page
 from segment_api.problems import ProblemException, not_found
 from segment_api.segments.service import locked_segment, require_segment
 from segment_api.syncs import repository
+from segment_api.syncs.repository import RunFilters
 from segment_api.syncs.schemas import (
     DestinationState,
     FailedRecord,
@@ -35,6 +36,8 @@ def _to_run(run: AnyRow, failures: list[AnyRow]) -> SyncRun:
         destination_id=run.destination_id,
         from_destination_id=run.source_destination_id,
         status=run.status,
+        trigger=run.trigger,
+        subscription_id=run.subscription_id,
         requested_at=run.requested_at,
         started_at=run.started_at,
         finished_at=run.finished_at,
@@ -79,6 +82,19 @@ async def list_runs(
     )
 
 
+async def list_all_runs(
+    conn: AsyncConnection, filters: RunFilters, page: PageRequest
+) -> Page[SyncRun]:
+    """Runs across every segment, newest first."""
+    rows = await repository.list_all_runs(
+        conn, filters, before_seq=page.after_key(), limit=page.limit
+    )
+    return Page(
+        items=await _with_failures(conn, rows[: page.limit]),
+        next_cursor=page.next_cursor(rows, lambda row: (row.seq,)),
+    )
+
+
 async def _lock_active_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> None:
     segment = await locked_segment(conn, segment_id)
     if not segment.active:
@@ -108,6 +124,7 @@ async def _queue(
         "destination_id": destination_id,
         "source_destination_id": source_id,
         "correlation_id": current_correlation_id(),
+        "trigger": "promotion" if kind == "promotion" else "manual",
     }
     for _ in range(QUEUE_TRIES):
         run_id = await repository.insert_run(conn, values)

@@ -16,7 +16,7 @@ import httpx
 from segments_shared.db.types import AnyRow
 from segments_shared.netguard import AllowList
 from segments_shared.secrets import SecretBox
-from sync_worker.connectors.base import Connector, ConnectorError
+from sync_worker.connectors.base import AuthenticationFailed, Connector, ConnectorError
 from sync_worker.connectors.http import RetryPolicy
 from sync_worker.execution.checkpoint import Checkpoint
 from sync_worker.execution.finishing import finish
@@ -52,7 +52,8 @@ async def execute_run(
         await _sync(execution, ready.connector, ready.target)
     except ConnectorError as exc:
         log.warning("sync run failed", extra={"sync_id": str(run.id), "error": str(exc)})
-        await finish(execution, "failed", str(exc))
+        auth_failed = isinstance(exc, AuthenticationFailed)
+        await finish(execution, "failed", str(exc), auth_failed=auth_failed)
     finally:
         await ready.connector.aclose()
 

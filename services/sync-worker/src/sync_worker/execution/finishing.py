@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segments_shared.changes import changes_of, unit_of_work
 from segments_shared.events import SyncCompleted, SyncCompletedEvent
-from sync_worker import planner, record, runs
+from sync_worker import planner, record, runs, subscriptions
 from sync_worker.execution.state import Execution
 
 log = logging.getLogger(__name__)
@@ -15,7 +15,11 @@ log = logging.getLogger(__name__)
 SOURCE = "sync-worker"
 
 
-async def finish(execution: Execution, status: str, error: str | None) -> None:
+async def finish(
+    execution: Execution, status: str, error: str | None, *, auth_failed: bool = False
+) -> None:
+    """`auth_failed`: the run failed on authentication (a subscription pauses after three in
+    a row)."""
     run = execution.run
 
     async def end(conn: AsyncConnection) -> None:
@@ -29,6 +33,7 @@ async def finish(execution: Execution, status: str, error: str | None) -> None:
             error=error,
         ):
             await planner.drop_plan(conn, run.id)
+            await subscriptions.record_outcome(conn, run.subscription_id, auth_failed=auth_failed)
             changes_of(conn).publish(
                 SyncCompletedEvent(
                     source=SOURCE,
@@ -39,6 +44,8 @@ async def finish(execution: Execution, status: str, error: str | None) -> None:
                         destination_id=run.destination_id,
                         status=status,
                         stats=execution.stats,
+                        trigger=run.trigger,
+                        subscription_id=run.subscription_id,
                     ),
                 ),
             )
