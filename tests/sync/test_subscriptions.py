@@ -85,8 +85,10 @@ async def test_bad_schedules_conflicts_and_versions(
 
     created = await subscribe(harness, segment_id, destination_id, mode="on_change")
     assert created["schedule"] == {"mode": "on_change", "debounce_seconds": 5}
-    assert created["active"] is True and created["paused_reason"] is None
-    assert created["last_run"] is None and created["version"] == 1
+    assert created["active"] is True
+    assert created["paused_reason"] is None
+    assert created["last_run"] is None
+    assert created["version"] == 1
     again = await harness.api.post(
         path, json={"destination_id": destination_id, "schedule": {"mode": "on_change"}}
     )
@@ -113,7 +115,8 @@ async def test_bad_schedules_conflicts_and_versions(
         headers={"If-Match": '"1"'},
     )
     assert patched.status_code == 200, patched.text
-    assert patched.json()["version"] == 2 and patched.json()["next_run_at"] is not None
+    assert patched.json()["version"] == 2
+    assert patched.json()["next_run_at"] is not None
     listed = await harness.api.get(path)
     assert [s["id"] for s in listed.json()["items"]] == [created["id"]]
     assert (await harness.api.delete(one, headers={"If-Match": '"1"'})).status_code == 412
@@ -139,9 +142,11 @@ async def test_a_change_runs_with_trigger_change_and_reaches_the_esp(
     )
     await harness.add(segment_id, ["c1", "c2"])
     (run,) = await finished_runs(harness, subscription["id"], 1)
-    assert run["trigger"] == "change" and run["status"] == "succeeded", run
+    assert run["trigger"] == "change", run
+    assert run["status"] == "succeeded", run
     segment = state.lists["list1"].segment_named("Live")
-    assert segment is not None and len(segment.members) == 3
+    assert segment is not None
+    assert len(segment.members) == 3
     # The operator's view filters by trigger.
     manual = await harness.api.get("/v1/syncs", params={"trigger": "manual"})
     assert manual.json()["items"] == []
@@ -176,7 +181,8 @@ async def test_a_steady_stream_still_runs_by_the_ceiling(
         if await runs_of(harness, subscription["id"]):
             break
     runs = await runs_of(harness, subscription["id"])
-    assert runs and runs[0]["trigger"] == "change", "no run within the ceiling"
+    assert runs, "no run within the ceiling"
+    assert runs[0]["trigger"] == "change"
 
 
 @pytest.mark.asyncio
@@ -220,12 +226,14 @@ async def test_three_auth_failures_pause_until_activated(
         runs = await finished_runs(harness, subscription["id"], i + 1)
         assert all(r["status"] == "failed" for r in runs)
     read = (await harness.api.get(one)).json()
-    assert read["paused_reason"] == "auth_failed" and read["active"] is False
+    assert read["paused_reason"] == "auth_failed"
+    assert read["active"] is False
     await harness.add(segment_id, ["c3"])
     await asyncio.sleep(2.5)
     assert len(await runs_of(harness, subscription["id"])) == 3
     resumed = await harness.api.patch(one, json={"active": True})
-    assert resumed.json()["paused_reason"] is None and resumed.json()["active"] is True
+    assert resumed.json()["paused_reason"] is None
+    assert resumed.json()["active"] is True
     await finished_runs(harness, subscription["id"], 4)
 
 
