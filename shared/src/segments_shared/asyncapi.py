@@ -20,8 +20,10 @@ DESCRIPTIONS = {
     "segment.activated": "A deactivated segment was activated again.",
     "segment.deactivated": "A segment was deactivated: it keeps its members, is not "
     "refreshed and cannot be synced.",
-    "segment.members_changed": "Members entered or left a segment; exact counts and the new "
-    "membership version.",
+    "segment.members_changed": "Members entered or left a segment; exact counts, the new "
+    "membership version, and who (customer external ids in `added_ids` and `removed_ids`, at "
+    "most 1,000 each side per event: a larger change is several events numbered `part` 1 to "
+    "`parts`, with the same counts and version, which together name everyone).",
     "customer.changed": "Customers were created or updated (at most 1,000 ids per event).",
     "customer.erased": "Customers were erased (right to erasure; at most 1,000 ids per event).",
     "order.recorded": "Orders were created or updated (at most 1,000 per event).",

@@ -14,9 +14,15 @@ All three are insert-only and written in one statement: concurrent writers never
 each other on them (a row that every order updates would be a lock queue; docs/pitfalls.md).
 Nothing sends a NOTIFY (it would serialise every writer's commit); their consumers poll.
 
-A membership change also moves the segment's `member_count` and `membership_version` and
-adds a history entry at once (the caller holds the segment's lock, so these rows are not
-contended), so that reads later in the same transaction see them.
+A membership change also moves the segment's `member_count` and `membership_version`, adds
+a history entry and writes its `segment.members_changed` events at once (the caller holds the
+segment's lock, so these rows are not contended), so that reads later in the same transaction
+see them. The events name who entered and who left by external id, at most
+`MAX_IDS_PER_EVENT` each side per event, numbered `part` 1 to `parts` (docs/events.md): the
+ids are joined, numbered and grouped in SQL, from the ids the caller has in hand (an API edit,
+a small refresh), from parts the moving statement staged (`stage_parts`: a large refresh, a
+deduplication), or from the segment's whole membership (a segment just made with its
+members). A million ids never pass through Python.
 """
 
 import json
@@ -25,12 +31,20 @@ import weakref
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from sqlalchemy import Boolean, Integer, Text, Uuid, column, func, insert, literal, select, table
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Insert, Select
 
 from segments_shared.db.engine import driver_connection
-from segments_shared.events import CloudEvent, MembersChanged, SegmentMembersChanged
+from segments_shared.events import (
+    MAX_IDS_PER_EVENT,
+    CloudEvent,
+    MembersChanged,
+    SegmentMembersChanged,
+)
 from segments_shared.observability import current_correlation_id
 
 # A membership change naming more customers than this is folded by recomputing the segment
@@ -52,6 +66,25 @@ MetricsRow = tuple[
 ]
 
 
+@dataclass(frozen=True)
+class Staged:
+    """One side of a change, `count` customers, whose ids the statement that moved them
+    staged as parts (`stage_parts`) in this transaction."""
+
+    count: int
+
+
+@dataclass(frozen=True)
+class Everyone:
+    """Every current member: the side that entered a segment just made with its members."""
+
+    count: int
+
+
+# One side of a membership change: the ids in hand, staged, every member, or a count of 0.
+Side = Sequence[int] | Staged | Everyone | int
+
+
 @dataclass
 class MembershipChange:
     segment_id: uuid.UUID
@@ -60,13 +93,13 @@ class MembershipChange:
     exited: list[int] | None
 
     @classmethod
-    def of(
-        cls, segment_id: uuid.UUID, entered: Sequence[int] | int, exited: Sequence[int] | int
-    ) -> "MembershipChange":
-        """From ids, or counts where the ids are not at hand; a count of 0 names nobody,
-        which is known."""
+    def of(cls, segment_id: uuid.UUID, entered: Side, exited: Side) -> "MembershipChange":
+        """From ids, or counts where the ids are not at hand (in SQL); a count of 0 names
+        nobody, which is known."""
 
-        def ids(side: Sequence[int] | int) -> list[int] | None:
+        def ids(side: Side) -> list[int] | None:
+            if isinstance(side, Staged | Everyone):
+                return None
             if isinstance(side, int):
                 return [] if side == 0 else None
             return list(side)
@@ -74,11 +107,13 @@ class MembershipChange:
         return cls(segment_id, ids(entered), ids(exited))
 
     @staticmethod
-    def counts(entered: Sequence[int] | int, exited: Sequence[int] | int) -> tuple[int, int]:
-        return (
-            entered if isinstance(entered, int) else len(entered),
-            exited if isinstance(exited, int) else len(exited),
-        )
+    def counts(entered: Side, exited: Side) -> tuple[int, int]:
+        def count(side: Side) -> int:
+            if isinstance(side, Staged | Everyone):
+                return side.count
+            return side if isinstance(side, int) else len(side)
+
+        return count(entered), count(exited)
 
     @property
     def named(self) -> bool:
@@ -121,38 +156,60 @@ class Changes:
         self,
         segment_id: uuid.UUID,
         *,
-        entered: Sequence[int] | int,
-        exited: Sequence[int] | int,
+        entered: Side,
+        exited: Side,
         cause: str,
     ) -> int | None:
-        """Customers entered or left the segment (ids, or counts when the ids are not at
-        hand). Moves the count and version, records the history entry and the event; the
-        caller holds the segment's lock. Returns the new membership version (None when
-        nothing changed)."""
+        """Customers entered or left the segment (see `Side`; a bare count other than 0
+        names nobody, for callers that cannot know who). Moves the count and version,
+        records the history entry and writes the events naming them, in parts; the caller
+        holds the segment's lock. Returns the new membership version (None when nothing
+        changed)."""
         change = MembershipChange.of(segment_id, entered, exited)
         entered_n, exited_n = change.counts(entered, exited)
         if not entered_n and not exited_n:
             return None
+        # The events published before this one keep their place in the outbox.
+        await self._write_events()
+        parts = max(-(-entered_n // MAX_IDS_PER_EVENT), -(-exited_n // MAX_IDS_PER_EVENT), 1)
+        template = SegmentMembersChanged(
+            source=self.source,
+            subject=str(segment_id),
+            data=MembersChanged(
+                segment_id=segment_id,
+                added=entered_n,
+                removed=exited_n,
+                membership_version=0,
+                cause=cause,
+                parts=parts,
+            ),
+        )
         driver = await driver_connection(self.conn)
-        row = await driver.fetchrow(
-            _RECORD_MEMBERSHIP, segment_id, entered_n, exited_n, cause, current_correlation_id()
+        version = await driver.fetchval(
+            _record_membership(_side_sql(entered, True), _side_sql(exited, False)),
+            segment_id,
+            entered_n,
+            exited_n,
+            cause,
+            current_correlation_id(),
+            template.model_dump_json(),
+            parts,
+            list(entered) if _in_hand(entered) else None,  # type: ignore[arg-type]
+            list(exited) if _in_hand(exited) else None,  # type: ignore[arg-type]
         )
         self.memberships.append(change)
-        version = int(row["membership_version"])
-        self.publish(
-            SegmentMembersChanged(
-                source=self.source,
-                subject=str(segment_id),
-                data=MembersChanged(
-                    segment_id=segment_id,
-                    added=entered_n,
-                    removed=exited_n,
-                    membership_version=version,
-                    cause=cause,
-                ),
+        return int(version)
+
+    async def _write_events(self) -> None:
+        if self.events:
+            driver = await driver_connection(self.conn)
+            await driver.execute(
+                _INSERT_EVENTS,
+                [event.id for event in self.events],
+                [event.type for event in self.events],
+                [event.model_dump_json() for event in self.events],
             )
-        )
-        return version
+            self.events.clear()
 
     async def flush(self) -> None:
         """Write the consequences, in the caller's transaction (just before it commits): one
@@ -208,18 +265,145 @@ class Changes:
         return rows
 
 
-_RECORD_MEMBERSHIP = """
-    WITH moved AS (
+def _in_hand(side: Side) -> bool:
+    return not isinstance(side, Staged | Everyone | int)
+
+
+# Each side's parts: (part from 0, external ids in customer id order). $1 is the segment, $8
+# and $9 the ids in hand of each side.
+_NUMBERED = f"""
+    SELECT (row_number() OVER (ORDER BY c.id) - 1) / {MAX_IDS_PER_EVENT} AS part,
+        c.id, c.external_id
+    FROM customers c
+"""
+
+
+def _side_sql(side: Side, entered: bool) -> str:
+    if isinstance(side, Staged):
+        return (
+            "SELECT part, ids FROM pg_temp.membership_parts "
+            f"WHERE segment_id = $1 AND entered = {'true' if entered else 'false'}"
+        )
+    if isinstance(side, Everyone):
+        source = "JOIN segment_members m ON m.customer_id = c.id WHERE m.segment_id = $1"
+    elif isinstance(side, int):
+        source = "WHERE false"
+    else:
+        source = f"WHERE c.id = ANY(${8 if entered else 9}::bigint[])"
+    return (
+        f"SELECT n.part, array_agg(n.external_id ORDER BY n.id) AS ids "
+        f"FROM ({_NUMBERED} {source}) n GROUP BY n.part"
+    )
+
+
+def _record_membership(entered: str, exited: str) -> str:
+    """The count, version and history entry, and the events (the template's `data` with the
+    version, each part's ids and number), in one statement."""
+    return f"""
+    WITH given AS (SELECT $8::bigint[] AS entered, $9::bigint[] AS exited),
+    moved AS (
         UPDATE segments
         SET member_count = member_count + $2 - $3, membership_version = membership_version + 1
         WHERE id = $1
         RETURNING id, membership_version, member_count
+    ),
+    logged AS (
+        INSERT INTO segment_history
+            (segment_id, membership_version, entered, exited, member_count, cause,
+             correlation_id)
+        SELECT id, membership_version, $2, $3, member_count, $4, $5 FROM moved
+        RETURNING membership_version
+    ),
+    added AS ({entered}),
+    removed AS ({exited}),
+    events AS (
+        SELECT gen_random_uuid() AS id, p.part, a.ids AS added_ids, r.ids AS removed_ids
+        FROM generate_series(0, $7::int - 1) AS p(part)
+        LEFT JOIN added a ON a.part = p.part
+        LEFT JOIN removed r ON r.part = p.part
+    ),
+    written AS (
+        INSERT INTO outbox (event_id, event_type, payload)
+        SELECT e.id, 'segment.members_changed',
+            $6::text::jsonb || jsonb_build_object(
+                'id', e.id,
+                'data', ($6::text::jsonb -> 'data') || jsonb_build_object(
+                    'membership_version', l.membership_version,
+                    'added_ids', coalesce(to_jsonb(e.added_ids), '[]'::jsonb),
+                    'removed_ids', coalesce(to_jsonb(e.removed_ids), '[]'::jsonb),
+                    'part', e.part + 1
+                )
+            )
+        FROM events e CROSS JOIN logged l
+        ORDER BY e.part
     )
-    INSERT INTO segment_history
-        (segment_id, membership_version, entered, exited, member_count, cause, correlation_id)
-    SELECT id, membership_version, $2, $3, member_count, $4, $5 FROM moved
-    RETURNING membership_version
+    SELECT membership_version FROM logged
 """
+
+
+# Parts staged by the statement that moved the customers (`stage_parts`), for
+# `Changes.members_changed` to name them without their ids passing through Python. Dropped at
+# commit.
+_STAGE = """
+    CREATE TEMPORARY TABLE IF NOT EXISTS membership_parts (
+        segment_id uuid NOT NULL, entered boolean NOT NULL, part integer NOT NULL,
+        ids text[] NOT NULL
+    ) ON COMMIT DROP
+"""
+_PARTS = table(
+    "membership_parts",
+    column("segment_id", Uuid),
+    column("entered", Boolean),
+    column("part", Integer),
+    column("ids", ARRAY(Text)),
+    schema="pg_temp",
+)
+
+
+async def prepare_staging(conn: AsyncConnection) -> None:
+    """Before a statement that stages parts: the table they go to, for this transaction."""
+    driver = await driver_connection(conn)
+    await driver.execute(_STAGE)
+
+
+def stage_parts(segment_id: uuid.UUID, entered: bool, moved: Any) -> Insert:
+    """An insert (for a CTE of the moving statement) staging the parts of `moved`, a
+    selectable of moved `customer_id`s, as `Staged` names them."""
+    customers = table("customers", column("id"), column("external_id"))
+    numbered = (
+        select(
+            ((func.row_number().over(order_by=customers.c.id) - 1) // MAX_IDS_PER_EVENT).label(
+                "part"
+            ),
+            customers.c.id,
+            customers.c.external_id,
+        )
+        .join(moved, moved.c.customer_id == customers.c.id)
+        .subquery("numbered")
+    )
+    parts: Select[Any] = select(
+        literal(segment_id, Uuid),
+        literal(entered),
+        numbered.c.part,
+        func.array_agg(aggregate_order_by(numbered.c.external_id, numbered.c.id)),
+    ).group_by(numbered.c.part)
+    return insert(_PARTS).from_select(["segment_id", "entered", "part", "ids"], parts)
+
+
+def staged_parts_sql(segment: str, entered: bool, moved: str) -> str:
+    """`stage_parts` as SQL text, for statements written by hand: `moved` names a relation
+    of moved `customer_id`s, `segment` the segment id's parameter."""
+    return f"""
+        INSERT INTO pg_temp.membership_parts (segment_id, entered, part, ids)
+        SELECT {segment}, {"true" if entered else "false"}, n.part,
+            array_agg(n.external_id ORDER BY n.id)
+        FROM (
+            {_NUMBERED} JOIN {moved} moved ON moved.customer_id = c.id
+        ) n
+        GROUP BY n.part
+    """
+
+
 _METRIC_FIELDS = ("segment_id", "customer_ids", "entered", "exited", "whole", "correlation_id")
 _SIGNAL_FIELDS = ("kind", "segment_id", "customer_ids")
 # The three tables a change feeds, insert-only. Outbox rows keep the order of the events.
@@ -238,6 +422,13 @@ _INSERT_ALL = """
     INSERT INTO outbox (event_id, event_type, payload)
     SELECT e.event_id, e.event_type, e.payload::jsonb
     FROM unnest($3::uuid[], $4::text[], $5::text[]) WITH ORDINALITY
+        AS e(event_id, event_type, payload, position)
+    ORDER BY e.position
+"""
+_INSERT_EVENTS = """
+    INSERT INTO outbox (event_id, event_type, payload)
+    SELECT e.event_id, e.event_type, e.payload::jsonb
+    FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY
         AS e(event_id, event_type, payload, position)
     ORDER BY e.position
 """

@@ -33,11 +33,19 @@ class SegmentRef(EventData):
 
 
 class MembersChanged(EventData):
+    """Counts of the whole change; who entered and left (customer external ids), at most
+    1,000 each side per event: a larger change is several events, `part` 1 to `parts`, with
+    the same counts and version, which together name everyone."""
+
     segment_id: uuid.UUID
     added: int
     removed: int
     membership_version: int
     cause: str | None = None
+    added_ids: list[str] = Field(default_factory=list, max_length=MAX_IDS_PER_EVENT)
+    removed_ids: list[str] = Field(default_factory=list, max_length=MAX_IDS_PER_EVENT)
+    part: int = Field(default=1, ge=1)
+    parts: int = Field(default=1, ge=1)
 
 
 class CustomerIds(EventData):

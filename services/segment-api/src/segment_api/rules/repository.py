@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from segment_api.rules.compile import AnySelect, RuleCompiler, Strategy
 from segment_api.rules.nodes import Node
 from segment_api.rules.strategy import choose_strategy, probe
-from segments_shared.changes import MAX_NAMED
+from segments_shared.changes import MAX_NAMED, Staged, prepare_staging, stage_parts
 from segments_shared.db.engine import driver_connection
 from segments_shared.db.models import Customer, SegmentMember, SegmentOverride
 from segments_shared.db.types import AnyRow
@@ -58,7 +58,8 @@ MEMBERS = SegmentMember.__table__
 
 @dataclass(frozen=True)
 class Moved:
-    """Who entered and left: their ids, or only how many when more than MAX_NAMED."""
+    """Who entered and left: their ids, or, when more than MAX_NAMED, how many (their parts
+    staged for the change's events, segments_shared/changes.py)."""
 
     entered_count: int
     exited_count: int
@@ -66,12 +67,12 @@ class Moved:
     exited_ids: list[int] | None
 
     @property
-    def entered(self) -> list[int] | int:
-        return self.entered_ids if self.entered_ids is not None else self.entered_count
+    def entered(self) -> list[int] | Staged:
+        return self.entered_ids if self.entered_ids is not None else Staged(self.entered_count)
 
     @property
-    def exited(self) -> list[int] | int:
-        return self.exited_ids if self.exited_ids is not None else self.exited_count
+    def exited(self) -> list[int] | Staged:
+        return self.exited_ids if self.exited_ids is not None else Staged(self.exited_count)
 
 
 def _named(moved: Any) -> ColumnElement[Any]:
@@ -86,6 +87,12 @@ def _named(moved: Any) -> ColumnElement[Any]:
         .select_from(moved)
         .scalar_subquery()
     )
+
+
+def _unnamed(moved: Any) -> Any:
+    """A CTE's rows when there are more than MAX_NAMED (none otherwise)."""
+    many = select(func.count()).select_from(moved).scalar_subquery() > MAX_NAMED
+    return select(moved.c.customer_id).where(many).subquery()
 
 
 def replacement(
@@ -166,12 +173,15 @@ def replacement(
         .returning(MEMBERS.c.customer_id)
         .cte("added")
     )
+    # Who moved, beyond MAX_NAMED, staged as the events' parts, here where they are known.
+    staged_added = stage_parts(segment_id, True, _unnamed(added)).cte("staged_added")
+    staged_removed = stage_parts(segment_id, False, _unnamed(removed)).cte("staged_removed")
     return select(
         select(func.count()).select_from(added).scalar_subquery().label("entered"),
         select(func.count()).select_from(removed).scalar_subquery().label("exited"),
         _named(added).label("entered_ids"),
         _named(removed).label("exited_ids"),
-    )
+    ).add_cte(staged_added, staged_removed)
 
 
 _RULE_GRAPH = """
@@ -232,6 +242,7 @@ async def replace_members(
     if only is not None:
         selection = selection.where(compiler.c.c.id == any_(literal(list(only), ARRAY(BigInteger))))
     statement = replacement(segment_id, selection, max_size, only)
+    await prepare_staging(conn)
     async with planned_for(conn, compiler.strategy):
         row = (await conn.execute(statement)).one()
     return Moved(int(row.entered), int(row.exited), row.entered_ids, row.exited_ids)

@@ -28,7 +28,7 @@ from segment_api.segments.schemas import (
 from segment_api.subscriptions import resume as subscriptions
 from segment_api.versions import check_if_match
 from segments_shared.apikeys import ApiKeyInfo
-from segments_shared.changes import changes_of
+from segments_shared.changes import Everyone, changes_of
 from segments_shared.events import (
     SegmentActivated,
     SegmentCreated,
@@ -356,7 +356,7 @@ async def announce_created(
     changes.segment_created(segment_id)
     created = await get_segment(conn, segment_id)
     changes.publish(segment_event(SegmentCreated, segment_id, created.name, created.version))
-    await changes.members_changed(segment_id, entered=members, exited=0, cause=cause)
+    await changes.members_changed(segment_id, entered=Everyone(members), exited=0, cause=cause)
     return await get_segment(conn, segment_id)
 
 

@@ -8,6 +8,7 @@ from sqlalchemy import insert, literal, nulls_last, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segment_api.rules.compile import AnySelect
+from segments_shared.changes import prepare_staging, staged_parts_sql
 from segments_shared.db.engine import driver_connection
 from segments_shared.db.models import SegmentMember
 
@@ -138,7 +139,7 @@ _OVERLAPS = """
 # found with one hashed semi-join and deleted by their tuple ids, which the row locks keep
 # in place: 0.55 s for 166,666 of 333,334, where grouping every listed membership by
 # customer and joining back took 1.6 to 2.0 s (measured).
-_DEDUPLICATE = """
+_DEDUPLICATE = f"""
     WITH removable AS (
         SELECT m.ctid AS tid FROM segment_members m
         WHERE m.segment_id = $1 AND EXISTS (
@@ -149,8 +150,9 @@ _DEDUPLICATE = """
     ),
     removed AS (
         DELETE FROM segment_members WHERE ctid = ANY(ARRAY(SELECT tid FROM removable))
-        RETURNING 1
-    )
+        RETURNING customer_id
+    ),
+    staged AS ({staged_parts_sql("$1", False, "removed")})
     SELECT count(*) FROM removed
 """
 
@@ -327,9 +329,11 @@ async def overlaps(
 
 
 async def deduplicate(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
-    """Each segment after the first loses what an earlier one holds; the count each lost.
+    """Each segment after the first loses what an earlier one holds; the count each lost
+    (who, staged for the change's events: segments_shared/changes.py).
     Whether an earlier one lost a customer too does not matter: it lost it to a segment
     before it, which the later one also sees."""
+    await prepare_staging(conn)
     driver = await driver_connection(conn)
     return {
         segment_id: await driver.fetchval(_DEDUPLICATE, segment_id, list(ids[:index]))

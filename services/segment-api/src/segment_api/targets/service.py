@@ -35,7 +35,7 @@ from segment_api.targets.schemas import (
     SegmentSize,
     SplitRequest,
 )
-from segments_shared.changes import changes_of
+from segments_shared.changes import Staged, changes_of
 
 MAX_DESCRIPTION = 2000
 
@@ -241,7 +241,7 @@ async def deduplicate(conn: AsyncConnection, body: DeduplicateRequest) -> Dedupl
     changes = changes_of(conn)
     for segment_id in sorted(body.segment_ids):
         await changes.members_changed(
-            segment_id, entered=0, exited=removed.get(segment_id, 0), cause="deduplicated"
+            segment_id, entered=0, exited=Staged(removed.get(segment_id, 0)), cause="deduplicated"
         )
     items = []
     for segment_id in body.segment_ids:
