@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from sync_worker import planner
@@ -290,10 +291,15 @@ async def test_refused_credentials_fail_the_run_at_once(
     await harness.customers(*people(3))
     segment_id = await harness.segment("Locked", ["c0", "c1", "c2"])
     destination_id = await destination(harness, url, key="wrong-key-us1")
+    failed = {"status": "failed"}
+    failed_before = REGISTRY.get_sample_value("segments_sync_runs_ended_total", failed)
     run = await harness.sync(segment_id, destination_id)
     assert run["status"] == "failed", run
     assert "refused the credentials (401)" in run["error"]
     assert state.stats.total == 1  # no retry of a 401
+    # Counted for the `SegmentsSyncFailures` alert (deploy/prometheus/alerts.yml).
+    failed_after = REGISTRY.get_sample_value("segments_sync_runs_ended_total", failed)
+    assert failed_after == (failed_before or 0) + 1
     segment = (await harness.api.get(f"/v1/segments/{segment_id}")).json()
     assert segment["delivery"][0]["state"] == "failed"
 

@@ -1,5 +1,6 @@
 """Running a worker service: its job runner, the NOTIFY listener that wakes it, its event
-consumer, the outbox relay and the health endpoints, until SIGTERM or SIGINT."""
+consumer, the outbox relay, the gauges of what is waiting and the health endpoints, until
+SIGTERM or SIGINT."""
 
 import asyncio
 import socket
@@ -16,6 +17,7 @@ from segments_shared.bus.topology import Topology
 from segments_shared.config import ServiceSettings
 from segments_shared.db.engine import create_engine, session_url
 from segments_shared.db.notify import Listener
+from segments_shared.gauges import WaitingGauges
 from segments_shared.health import (
     Dependency,
     create_health_app,
@@ -100,20 +102,21 @@ async def run_worker(
         engine, amqp_url, topology, name=f"{service}-relay", session_url=session_url(settings)
     )
     stopping = asyncio.Event()
-    health = create_health_app(
-        [
-            Dependency("database", database_check(engine)),
-            Dependency("broker", flag_check(lambda: consumer.broker_connected)),
-        ]
-    )
+    dependencies = [
+        Dependency("database", database_check(engine)),
+        Dependency("broker", flag_check(lambda: consumer.broker_connected)),
+    ]
+    health = create_health_app(dependencies)
+    gauges = WaitingGauges(service, engine, amqp_url, topology, dependencies)
     await run_until_stopped(
         {
             "consumer": consumer.run,
             "jobs": runner.run,
             "notifications": listener.run,
             "relay": relay.run,
+            "gauges": gauges.run,
             "health": lambda: serve_health(health, settings.bind_host, port, stopping),
         },
-        [consumer.stop, runner.stop, listener.stop, relay.stop],
+        [consumer.stop, runner.stop, listener.stop, relay.stop, gauges.stop],
         stopping,
     )

@@ -37,6 +37,7 @@ from segments_shared.bus.relay import OutboxRelay
 from segments_shared.bus.topology import Topology
 from segments_shared.db.engine import autocommit, create_engine, session_url
 from segments_shared.db.notify import Listener
+from segments_shared.gauges import WaitingGauges
 from segments_shared.health import (
     Dependency,
     EmbeddedServer,
@@ -105,6 +106,14 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
         listener = Listener(session_url(settings), name="segment-api-notifications")
         listener.on(NOTIFY_CHANNEL, refresher.wake_for)
         listener_task = asyncio.create_task(listener.run(), name="notifications")
+        gauges = WaitingGauges(
+            "segment-api",
+            engine,
+            settings.amqp_url.get_secret_value(),
+            Topology(settings.bus_prefix),
+            dependencies,
+        )
+        gauges_task = asyncio.create_task(gauges.run(), name="gauges")
         # With the database up this takes milliseconds; without it, start anyway. The first
         # refresher round computes rule segments never computed (the defaults after install).
         await asyncio.wait({bootstrap_task}, timeout=5)
@@ -118,6 +127,8 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
             purge_task.cancel()
             listener.stop()
             refresher.stop()
+            gauges.stop()
+            await _stopped(gauges_task, 5)
             await _stopped(listener_task, 10)
             await _stopped(refresher_task, 10)
             relay.stop()
@@ -162,9 +173,11 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
         return relay is not None and relay.broker_connected
 
     # The outbox absorbs a broker outage, so the broker is reported but not required.
-    for route in health_routes(
-        [_database_up(), Dependency("broker", flag_check(_broker_connected), required=False)]
-    ):
+    dependencies = [
+        _database_up(),
+        Dependency("broker", flag_check(_broker_connected), required=False),
+    ]
+    for route in health_routes(dependencies):
         app.router.routes.append(route)
 
     # Innermost first: the idempotency check sees the body after the size limit.

@@ -3,6 +3,7 @@ one transaction; then, after a large change, the record vacuumed."""
 
 import logging
 
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from segments_shared.changes import changes_of, unit_of_work
@@ -14,6 +15,12 @@ log = logging.getLogger(__name__)
 
 SOURCE = "sync-worker"
 
+ENDED = Counter("segments_sync_runs_ended", "Sync runs ended, by status", ["status"])
+# Present from the start, so that the first failure is an increase from 0 (an alert on
+# `increase()` never sees a series' first sample as one).
+for _status in ("succeeded", "partial", "failed"):
+    ENDED.labels(_status)
+
 
 async def finish(
     execution: Execution, status: str, error: str | None, *, auth_failed: bool = False
@@ -22,8 +29,9 @@ async def finish(
     a row)."""
     run = execution.run
 
-    async def end(conn: AsyncConnection) -> None:
-        if await runs.finish_run(
+    async def end(conn: AsyncConnection) -> bool:
+        """False when the run is no longer ours to end (its lease was taken over)."""
+        if not await runs.finish_run(
             conn,
             run,
             execution.job,
@@ -32,27 +40,31 @@ async def finish(
             stats=execution.stats,
             error=error,
         ):
-            await planner.drop_plan(conn, run.id)
-            await subscriptions.record_outcome(conn, run.subscription_id, auth_failed=auth_failed)
-            changes_of(conn).publish(
-                SyncCompletedEvent(
-                    source=SOURCE,
-                    subject=str(run.segment_id),
-                    data=SyncCompleted(
-                        sync_id=run.id,
-                        segment_id=run.segment_id,
-                        destination_id=run.destination_id,
-                        status=status,
-                        stats=execution.stats,
-                        trigger=run.trigger,
-                        subscription_id=run.subscription_id,
-                    ),
+            return False
+        await planner.drop_plan(conn, run.id)
+        await subscriptions.record_outcome(conn, run.subscription_id, auth_failed=auth_failed)
+        changes_of(conn).publish(
+            SyncCompletedEvent(
+                source=SOURCE,
+                subject=str(run.segment_id),
+                data=SyncCompleted(
+                    sync_id=run.id,
+                    segment_id=run.segment_id,
+                    destination_id=run.destination_id,
+                    status=status,
+                    stats=execution.stats,
+                    trigger=run.trigger,
+                    subscription_id=run.subscription_id,
                 ),
-            )
+            ),
+        )
+        return True
 
     async with unit_of_work(execution.engine, SOURCE) as conn:
         await runs.hold_target(conn, run)
-        await end(conn)
+        ended = await end(conn)
+    if ended:
+        ENDED.labels(status).inc()
     if execution.stats["added"] + execution.stats["removed"] >= planner.LARGE_CHANGE:
         await _vacuum(execution)
     log.info(
