@@ -3,6 +3,9 @@
 from typing import Any
 
 import httpx
+import jsonschema
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -53,3 +56,14 @@ async def is_stale(api: httpx.AsyncClient, segment_id: str) -> bool:
 async def clear_staleness(engine: AsyncEngine) -> None:
     """Folds every pending change into the KPIs, as the metrics-worker does."""
     await fold_due(engine)
+
+
+def schema_validator(document: dict[str, Any], name: str) -> jsonschema.Draft202012Validator:
+    """A validator of the OpenAPI document's schema `name`, its references resolved in the
+    document."""
+    resource = Resource.from_contents(document, default_specification=DRAFT202012)
+    return jsonschema.Draft202012Validator(
+        {"$ref": f"urn:openapi#/components/schemas/{name}"},
+        registry=Registry().with_resource("urn:openapi", resource),
+        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
+    )

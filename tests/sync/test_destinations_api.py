@@ -271,29 +271,44 @@ async def test_bad_patch_requests(api: httpx.AsyncClient, clean_db: AsyncEngine)
 
 
 @pytest.mark.asyncio
-async def test_destinations_need_the_admin_scope(
+async def test_destinations_are_read_with_segments_read_and_changed_with_admin(
     api: httpx.AsyncClient, app: FastAPI, clean_db: AsyncEngine
 ) -> None:
+    """A screen's destination picker needs no admin key (SPEC section 3); the credentials it
+    reads are masked as they are for an admin."""
     existing = await create(api, "webhook")
     async with clean_db.begin() as conn:
         writer, _ = await create_key(conn, "writer", ["segments:write", "syncs:write"])
-    before = await row_counts(clean_db)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://segments.test",
-        headers={"Authorization": f"Bearer {writer}"},
-    ) as client:
-        problem(await client.get("/v1/destinations"), 403)
-        problem(await client.get(f"/v1/destinations/{existing['id']}"), 403)
-        problem(
-            await client.post(
-                "/v1/destinations",
-                json={"name": "x", "type": "webhook", "config": VALID["webhook"]},
-            ),
-            403,
+        screen, _ = await create_key(
+            conn, "screen", ["segments:read", "segments:write", "syncs:write"]
         )
-        problem(await client.patch(f"/v1/destinations/{existing['id']}", json={"name": "y"}), 403)
-        problem(await client.delete(f"/v1/destinations/{existing['id']}"), 403)
+    before = await row_counts(clean_db)
+    path = f"/v1/destinations/{existing['id']}"
+    for key, can_read in ((writer, False), (screen, True)):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://segments.test",
+            headers={"Authorization": f"Bearer {key}"},
+        ) as client:
+            if can_read:
+                listed = await client.get("/v1/destinations")
+                assert listed.status_code == 200, listed.text
+                assert listed.json()["items"] == [existing]
+                read = await client.get(path)
+                assert (read.status_code, read.json()) == (200, existing)
+                assert existing["config"]["secret"] == "****" + VALID["webhook"]["secret"][-4:]
+            else:
+                problem(await client.get("/v1/destinations"), 403)
+                problem(await client.get(path), 403)
+            problem(
+                await client.post(
+                    "/v1/destinations",
+                    json={"name": "x", "type": "webhook", "config": VALID["webhook"]},
+                ),
+                403,
+            )
+            problem(await client.patch(path, json={"name": "y"}), 403)
+            problem(await client.delete(path), 403)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://segments.test"
     ) as anonymous:

@@ -4,7 +4,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from segment_api.events import SOURCE
@@ -69,10 +70,24 @@ def _unauthenticated(detail: str) -> ProblemException:
     return ProblemException(401, detail, headers={"WWW-Authenticate": 'Bearer realm="segments"'})
 
 
-def require(scope: str) -> Callable[[Request], Coroutine[Any, Any, ApiKeyInfo]]:
+# The `bearer` security scheme of the OpenAPI document, which every operation taking a key
+# declares with the scope it needs (Swagger UI's Authorize button). It refuses nothing itself
+# (auto_error=False): `require` answers 401 and 403 as problem details.
+BEARER = HTTPBearer(
+    scheme_name="bearer",
+    bearerFormat="API key",
+    description="An API key: `Authorization: Bearer <key>`. `segments-admin create-key "
+    "--name N --scopes S,...` prints one; the scopes are `segments:read`, `segments:write`, "
+    "`syncs:write` and `admin` (which holds every scope).",
+    auto_error=False,
+)
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+
+
+def require(scope: str) -> Callable[..., Coroutine[Any, Any, ApiKeyInfo]]:
     """A dependency admitting API keys that hold `scope` (admin holds every scope)."""
 
-    async def check(request: Request) -> ApiKeyInfo:
+    async def check(request: Request, _declared: Bearer) -> ApiKeyInfo:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
@@ -89,7 +104,12 @@ def require(scope: str) -> Callable[[Request], Coroutine[Any, Any, ApiKeyInfo]]:
     return check
 
 
-ReadKey = Annotated[ApiKeyInfo, Depends(require("segments:read"))]
-WriteKey = Annotated[ApiKeyInfo, Depends(require("segments:write"))]
-SyncKey = Annotated[ApiKeyInfo, Depends(require("syncs:write"))]
-AdminKey = Annotated[ApiKeyInfo, Depends(require("admin"))]
+def _key(scope: str) -> Any:
+    """A key holding `scope`; the document lists the scope in the operation's requirement."""
+    return Security(require(scope), scopes=[scope])
+
+
+ReadKey = Annotated[ApiKeyInfo, _key("segments:read")]
+WriteKey = Annotated[ApiKeyInfo, _key("segments:write")]
+SyncKey = Annotated[ApiKeyInfo, _key("syncs:write")]
+AdminKey = Annotated[ApiKeyInfo, _key("admin")]

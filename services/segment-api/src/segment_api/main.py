@@ -7,7 +7,6 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import uvicorn
 from fastapi import Depends, FastAPI
@@ -21,8 +20,9 @@ from segment_api.destinations.router import router as destinations_router
 from segment_api.fields import refuse_lone_surrogates, refuse_nul_parameters
 from segment_api.idempotency import IdempotencyMiddleware, finish_pending, purge_expired_keys
 from segment_api.middleware import BodyLimitMiddleware, CorrelationMiddleware, HeadMiddleware
+from segment_api.openapi import document_api, serve_doc_pages
 from segment_api.orders.router import router as orders_router
-from segment_api.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
+from segment_api.problems import install_problem_handlers
 from segment_api.rules.refresher import rule_runner
 from segment_api.rules.router import router as rules_router
 from segment_api.rules.settings import RefreshSettings
@@ -143,12 +143,19 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
         lifespan=lifespan,
         responses={},
         dependencies=[Depends(refuse_nul_parameters), Depends(refuse_lone_surrogates)],
+        # Served with their assets by serve_doc_pages, not from a CDN.
+        docs_url=None,
+        redoc_url=None,
+        # One schema per model for bodies sent and received: the rule grammar is recursive,
+        # and pydantic would publish a recursive model used both ways twice (-Input, -Output).
+        separate_input_output_schemas=False,
     )
     app.state.settings = settings
     app.state.api_keys = ApiKeyCache(settings.api_key_cache_seconds)
     secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
     app.state.secret_box = SecretBox(secret) if secret else None
 
+    serve_doc_pages(app)
     install_problem_handlers(app)
     for router in (
         customers_router,
@@ -199,7 +206,7 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
         )
     app.add_middleware(HeadMiddleware)
     app.add_middleware(CorrelationMiddleware)
-    _register_problem_schema(app)
+    document_api(app)
     return app
 
 
@@ -219,74 +226,6 @@ async def _ensure_bootstrap_key(engine: AsyncEngine, settings: ApiSettings) -> N
         except (OSError, SQLAlchemyError) as exc:
             log.warning("cannot declare the bootstrap API key yet", extra={"error": repr(exc)})
             await asyncio.sleep(backoff.next_delay())
-
-
-IDEMPOTENCY_KEY_PARAMETER = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "description": "Retrying with the same key and body within 24 hours answers the first "
-    "response again and does nothing; with another body, 422; while the first request still "
-    "runs, 409.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-}
-
-
-def _problem_answer(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-    }
-
-
-# Answers any operation can give, whatever its route declares (the document declares every
-# error status, docs/contract.md#http-conventions): 503 wherever the database is used, and on
-# every POST what the idempotency middleware answers.
-COMMON_ANSWERS = {
-    "503": _problem_answer(
-        "The database is unreachable, or a concurrent change got in the way (deadlock, "
-        "serialization failure); nothing was changed, retry after `Retry-After`"
-    )
-}
-POST_ANSWERS = {
-    "409": _problem_answer(
-        "The request conflicts with the resource's state, or a request with the same "
-        "Idempotency-Key is still in progress"
-    ),
-    "422": _problem_answer("Invalid input; `errors` names each invalid field"),
-}
-
-
-def _declare_common_answers(schema: dict[str, Any]) -> None:
-    for path, item in schema.get("paths", {}).items():
-        if not path.startswith("/v1/"):
-            continue
-        for method, operation in item.items():
-            answers = {**COMMON_ANSWERS, **(POST_ANSWERS if method == "post" else {})}
-            for status, answer in answers.items():
-                operation["responses"].setdefault(status, answer)
-            if method == "post":
-                operation.setdefault("parameters", []).append(IDEMPOTENCY_KEY_PARAMETER)
-
-
-def _register_problem_schema(app: FastAPI) -> None:
-    """Declare the Problem schema once under components, where every error response points,
-    the answers every operation can give, and the `Idempotency-Key` header every POST takes
-    (the middleware reads it)."""
-    original = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = original()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components["Problem"] = Problem.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
-            _declare_common_answers(schema)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class StopRequests:

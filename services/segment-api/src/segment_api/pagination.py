@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from segment_api.problems import parameter_error
 
@@ -24,7 +24,9 @@ BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 
 class Page(BaseModel, Generic[T]):
     items: list[T]
-    next_cursor: str | None
+    next_cursor: str | None = Field(
+        description="The `cursor` of the next page; null on the last page"
+    )
 
 
 def encode_cursor(*values: Any) -> str:

@@ -18,3 +18,10 @@ DestinationIfMatch = Annotated[
     str | None,
     Header(description="The destination's ETag; on mismatch the request fails with 412"),
 ]
+
+# If-None-Match carries an ETag read before: a GET answers 304, without a body, while the
+# resource still has it (responses.unless_modified).
+IfNoneMatch = Annotated[
+    str | None,
+    Header(description="An ETag read before: 304 without a body while it is still current"),
+]

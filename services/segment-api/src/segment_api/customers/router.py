@@ -23,6 +23,7 @@ CustomerPath = Annotated[ExternalId, Path(description="The store's own customer 
 
 @router.put(
     "/{external_id}",
+    operation_id="upsertCustomer",
     status_code=status.HTTP_200_OK,
     summary="Create or update a customer",
     description="Fields left out keep their stored values; `null` clears a field. A customer "
@@ -42,6 +43,7 @@ async def upsert_customer(
 
 @router.post(
     "/bulk",
+    operation_id="bulkUpsertCustomers",
     summary="Create or update up to 10,000 customers",
     description="All or nothing: one invalid item rejects the call with a 422 naming each bad "
     "item by index (`/customers/3/email`), and nothing is written.",
@@ -53,6 +55,7 @@ async def bulk_upsert_customers(body: CustomersBulk, db: Db, _: WriteKey) -> Bul
 
 @router.get(
     "",
+    operation_id="listCustomers",
     summary="List customers, or find them by email",
     responses=answers(),
 )
@@ -67,6 +70,7 @@ async def list_customers(
 
 @router.get(
     "/{external_id}",
+    operation_id="getCustomer",
     summary="Read a customer",
     responses=answers(404),
 )
@@ -90,6 +94,7 @@ async def list_customer_segments(
 
 @router.delete(
     "/{external_id}",
+    operation_id="eraseCustomer",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Erase a customer (right to erasure)",
     description="Deletes the customer and their orders; they leave every segment, KPIs are "

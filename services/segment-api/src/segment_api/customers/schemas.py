@@ -100,6 +100,11 @@ class Customer(BaseModel):
 class CustomerBulkItem(CustomerIn):
     external_id: ExternalId
 
+    model_config = with_examples(
+        {"external_id": "c-1001", "email": "ada@example.com", "email_status": "subscribed"},
+        not_null=("email_status",),
+    )
+
 
 class CustomersBulk(RequestModel):
     customers: BulkItems[CustomerBulkItem]

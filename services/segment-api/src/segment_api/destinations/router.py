@@ -2,14 +2,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from segment_api.deps import AdminKey, Db, ReadDb
+from segment_api.deps import AdminKey, Db, ReadDb, ReadKey
 from segment_api.destinations import service
 from segment_api.destinations.schemas import Destination, DestinationCreate, DestinationUpdate
 from segment_api.listing import PageQuery
 from segment_api.pagination import Page
-from segment_api.parameters import DestinationId, DestinationIfMatch
+from segment_api.parameters import DestinationId, DestinationIfMatch, IfNoneMatch
 from segment_api.problems import ProblemException
-from segment_api.responses import answers, created, tagged
+from segment_api.responses import (
+    NOT_MODIFIED,
+    answers,
+    created,
+    tagged,
+    tagged_answer,
+    unless_modified,
+)
 from segments_shared.destinations import DestinationType
 from segments_shared.netguard import AllowList
 from segments_shared.secrets import SecretBox
@@ -48,9 +55,10 @@ def secret_box(request: Request) -> SecretBox:
 
 @router.post(
     "",
+    operation_id="createDestination",
     status_code=status.HTTP_201_CREATED,
     summary="Create a destination (the vendor is not contacted)",
-    responses=answers(503, body=True),
+    responses={**tagged_answer(201, location=True), **answers(503, body=True)},
 )
 async def create_destination(
     body: DestinationCreate,
@@ -66,12 +74,15 @@ async def create_destination(
 
 @router.get(
     "",
+    operation_id="listDestinations",
     summary="List destinations, credentials masked",
+    description="With `segments:read`, so that a screen can offer a destination picker; "
+    "credentials are masked whatever the key.",
     responses=answers(),
 )
 async def list_destinations(
     db: ReadDb,
-    _: AdminKey,
+    _: ReadKey,
     box: ConfiguredBox,
     page: PageQuery,
     type_: Annotated[DestinationType | None, Query(alias="type")] = None,
@@ -81,27 +92,31 @@ async def list_destinations(
 
 @router.get(
     "/{destination_id}",
+    operation_id="getDestination",
     summary="Read a destination, credentials masked",
-    responses=answers(404),
+    response_model=Destination,
+    responses={**tagged_answer(), **NOT_MODIFIED, **answers(404)},
 )
 async def get_destination(
     destination_id: DestinationId,
     db: ReadDb,
-    _: AdminKey,
+    _: ReadKey,
     box: ConfiguredBox,
     response: Response,
-) -> Destination:
+    if_none_match: IfNoneMatch = None,
+) -> Destination | Response:
     destination = await service.get_destination(db, destination_id, box)
-    return tagged(response, destination)
+    return unless_modified(response, destination, if_none_match)
 
 
 @router.patch(
     "/{destination_id}",
+    operation_id="updateDestination",
     summary="Change a destination's name or configuration",
     description="`config` is merged into the current configuration and validated as a whole. "
     "Pointing the destination elsewhere (another base URL, audience, store or webhook URL) "
     "forgets what it was known to hold: the next sync finds its segments by name there.",
-    responses=answers(404, 409, 412, 503, body=True),
+    responses={**tagged_answer(), **answers(404, 409, 412, 503, body=True)},
 )
 async def update_destination(
     destination_id: DestinationId,
@@ -119,6 +134,7 @@ async def update_destination(
 
 @router.delete(
     "/{destination_id}",
+    operation_id="deleteDestination",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a destination (its remote segments stay at the vendor)",
     responses=answers(404, 412),

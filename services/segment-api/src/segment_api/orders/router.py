@@ -16,6 +16,7 @@ OrderPath = Annotated[ExternalId, Path(description="The store's own order id")]
 
 @router.put(
     "/{external_id}",
+    operation_id="upsertOrder",
     summary="Create or update an order",
     responses=upsert_answers(Order),
 )
@@ -33,6 +34,7 @@ async def upsert_order(
 
 @router.post(
     "/bulk",
+    operation_id="bulkUpsertOrders",
     summary="Create or update up to 10,000 orders",
     description="All or nothing: one invalid item (an unknown customer, another currency, a "
     "missing field on a new order) rejects the call with a 422 naming each bad item by index.",
@@ -46,6 +48,7 @@ async def bulk_upsert_orders(
 
 @router.get(
     "/{external_id}",
+    operation_id="getOrder",
     summary="Read an order",
     responses=answers(404),
 )

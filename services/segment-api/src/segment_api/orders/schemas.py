@@ -2,13 +2,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, PlainSerializer, field_validator
+from pydantic import BaseModel, Field, PlainSerializer, WithJsonSchema, field_validator
 
 from segment_api.customers.schemas import BulkItems
 
 # Both bulk upserts answer the same counts: one model, one schema in the document.
 from segment_api.customers.schemas import BulkResult as BulkResult
 from segment_api.fields import (
+    MONEY_PATTERN,
     ExternalId,
     Money,
     RequestModel,
@@ -19,7 +20,12 @@ from segment_api.fields import (
 )
 
 OrderStatus = Literal["placed", "cancelled", "refunded"]
-MoneyOut = Annotated[Decimal, PlainSerializer(lambda value: f"{value:.2f}", return_type=str)]
+# Published as what it is sent as, a string (the document describes bodies as validated).
+MoneyOut = Annotated[
+    Decimal,
+    PlainSerializer(lambda value: f"{value:.2f}", return_type=str),
+    WithJsonSchema({"type": "string", "pattern": MONEY_PATTERN, "examples": ["129.90"]}),
+]
 
 
 NOT_NULL = ("customer_external_id", "total", "currency", "placed_at", "status")
@@ -64,6 +70,16 @@ class Order(BaseModel):
 
 class OrderBulkItem(OrderIn):
     external_id: ExternalId
+
+    model_config = with_examples(
+        {
+            "external_id": "o-5001",
+            "customer_external_id": "c-1001",
+            "total": "129.90",
+            "placed_at": "2026-03-01T10:15:00Z",
+        },
+        not_null=NOT_NULL,
+    )
 
 
 class OrdersBulk(RequestModel):

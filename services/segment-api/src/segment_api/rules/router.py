@@ -10,6 +10,7 @@ router = APIRouter(prefix="/v1/segments", tags=["segments"])
 
 @router.post(
     "/preview",
+    operation_id="previewRule",
     summary="Preview a rule: size, a count per condition and sample members; saves nothing",
     description="Each condition (a field or segment condition) is counted on its own over "
     "every customer, keyed by its JSON pointer in the request body. The sample holds up to "

@@ -1,27 +1,15 @@
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
 from segment_api.fields import RequestModel, with_examples
-
-RULE_DESCRIPTION = (
-    'A rule tree: {"all": [node, ...]}, {"any": [node, ...]}, {"not": node}, '
-    '{"field": F, "op": OP, "value": V} or {"segment": "<segment id>", "op": "member" | '
-    '"not_member"}. At most 100 conditions, 10 levels deep. Fields, operators and their '
-    "types: docs/rules.md. A 422 names each offending node by its JSON pointer."
-)
-RULE_EXAMPLE: dict[str, Any] = {
-    "all": [
-        {"field": "email_status", "op": "eq", "value": "subscribed"},
-        {"field": "attributes.tier", "op": "in", "value": ["gold", "platinum"]},
-        {"field": "total_revenue", "op": "gte", "value": 250},
-        {"field": "last_order_at", "op": "within_last_days", "value": 90},
-    ]
-}
+from segment_api.openapi import PublishedAs
+from segment_api.rules.grammar import RULE_EXAMPLE, RuleNode
 
 
 class PreviewRequest(RequestModel):
-    rule: dict[str, Any] = Field(description=RULE_DESCRIPTION)
+    # Read by the rule parser, whose 422 names each offending node by its JSON pointer.
+    rule: Annotated[dict[str, Any], PublishedAs(RuleNode)]
 
     model_config = with_examples({"rule": RULE_EXAMPLE})
 

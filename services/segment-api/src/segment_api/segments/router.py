@@ -6,8 +6,15 @@ from fastapi.responses import StreamingResponse
 from segment_api.deps import Db, ReadDb, ReadKey, WriteKey
 from segment_api.listing import PageQuery
 from segment_api.pagination import Page
-from segment_api.parameters import SegmentId, SegmentIfMatch
-from segment_api.responses import answers, created, tagged
+from segment_api.parameters import IfNoneMatch, SegmentId, SegmentIfMatch
+from segment_api.responses import (
+    NOT_MODIFIED,
+    answers,
+    created,
+    tagged,
+    tagged_answer,
+    unless_modified,
+)
 from segment_api.rules.refresher import wake_refresher
 from segment_api.segments import export, service
 from segment_api.segments.schemas import (
@@ -43,9 +50,10 @@ def created_segment(request: Request, response: Response, segment: Segment) -> S
 
 @router.post(
     "",
+    operation_id="createSegment",
     status_code=status.HTTP_201_CREATED,
     summary="Create a segment",
-    responses=answers(409, body=True),
+    responses={**tagged_answer(201, location=True), **answers(409, body=True)},
     dependencies=[WAKES_REFRESHER],
 )
 async def create_segment(
@@ -57,6 +65,7 @@ async def create_segment(
 
 @router.get(
     "",
+    operation_id="listSegments",
     summary="List segments",
     responses=answers(),
 )
@@ -76,16 +85,25 @@ async def list_segments(
 
 @router.get(
     "/{segment_id}",
+    operation_id="getSegment",
     summary="Read a segment, with its KPIs and delivery state",
-    responses=answers(404),
+    response_model=Segment,
+    responses={**tagged_answer(), **NOT_MODIFIED, **answers(404)},
 )
-async def get_segment(segment_id: SegmentId, db: ReadDb, _: ReadKey, response: Response) -> Segment:
+async def get_segment(
+    segment_id: SegmentId,
+    db: ReadDb,
+    _: ReadKey,
+    response: Response,
+    if_none_match: IfNoneMatch = None,
+) -> Segment | Response:
     segment = await service.get_segment(db, segment_id)
-    return tagged(response, segment)
+    return unless_modified(response, segment, if_none_match)
 
 
 @router.get(
     "/{segment_id}/metrics",
+    operation_id="getSegmentMetrics",
     summary="The segment's lifetime KPIs",
     responses=answers(404),
 )
@@ -95,6 +113,7 @@ async def get_metrics(segment_id: SegmentId, db: ReadDb, _: ReadKey) -> SegmentM
 
 @router.get(
     "/{segment_id}/members",
+    operation_id="listSegmentMembers",
     summary="List the segment's members",
     responses=answers(404),
 )
@@ -104,6 +123,7 @@ async def list_members(segment_id: SegmentId, db: Db, _: ReadKey, page: PageQuer
 
 @router.post(
     "/{segment_id}/members",
+    operation_id="addSegmentMembers",
     summary="Add members by external id or by email",
     responses=answers(404, body=True),
 )
@@ -115,6 +135,7 @@ async def add_members(
 
 @router.post(
     "/{segment_id}/members/remove",
+    operation_id="removeSegmentMembers",
     summary="Remove members by external id or by email",
     responses=answers(404, body=True),
 )
@@ -126,8 +147,9 @@ async def remove_members(
 
 @router.patch(
     "/{segment_id}",
+    operation_id="updateSegment",
     summary="Edit a segment's name, description, definition or kind",
-    responses=answers(404, 409, 412, body=True),
+    responses={**tagged_answer(), **answers(404, 409, 412, body=True)},
     dependencies=[WAKES_REFRESHER],
 )
 async def update_segment(
@@ -144,6 +166,7 @@ async def update_segment(
 
 @router.delete(
     "/{segment_id}",
+    operation_id="deleteSegment",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a segment (destinations are not touched)",
     responses=answers(404, 409, 412),
@@ -157,11 +180,12 @@ async def delete_segment(
 
 @router.post(
     "/{segment_id}/duplicate",
+    operation_id="duplicateSegment",
     status_code=status.HTTP_201_CREATED,
     summary="Copy a segment: same definition, same members",
     description='The copy is a `user` segment named "<name> (copy)", "<name> (copy 2)", ... '
     "unless a name is given.",
-    responses=answers(404, 409, body=True),
+    responses={**tagged_answer(201, location=True), **answers(404, 409, body=True)},
 )
 async def duplicate_segment(
     segment_id: SegmentId,
@@ -177,8 +201,9 @@ async def duplicate_segment(
 
 @router.post(
     "/{segment_id}/deactivate",
+    operation_id="deactivateSegment",
     summary="Deactivate: keeps the members, stops refreshes and syncs",
-    responses=answers(404, 412),
+    responses={**tagged_answer(), **answers(404, 412)},
 )
 async def deactivate_segment(
     segment_id: SegmentId, db: Db, _: WriteKey, response: Response, if_match: SegmentIfMatch = None
@@ -189,8 +214,9 @@ async def deactivate_segment(
 
 @router.post(
     "/{segment_id}/activate",
+    operation_id="activateSegment",
     summary="Activate a deactivated segment",
-    responses=answers(404, 412),
+    responses={**tagged_answer(), **answers(404, 412)},
     dependencies=[WAKES_REFRESHER],
 )
 async def activate_segment(
@@ -202,12 +228,13 @@ async def activate_segment(
 
 @router.post(
     "/{segment_id}/refresh",
+    operation_id="refreshSegment",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Recompute a rule segment's membership now",
     description="Answers at once with the segment, `status` `building`; the old membership "
     "stays readable until the new one replaces it in one transaction. Manual and inactive "
     "segments are not refreshed (409).",
-    responses=answers(404, 409),
+    responses={**tagged_answer(202), **answers(404, 409)},
     dependencies=[WAKES_REFRESHER],
 )
 async def refresh_segment(
@@ -219,6 +246,7 @@ async def refresh_segment(
 
 @router.get(
     "/{segment_id}/history",
+    operation_id="listSegmentHistory",
     summary="Membership changes over time, newest first",
     responses=answers(404),
 )
@@ -230,6 +258,7 @@ async def segment_history(
 
 @router.get(
     "/{segment_id}/export.csv",
+    operation_id="exportSegmentCsv",
     response_class=StreamingResponse,
     summary="Download the members as CSV",
     description="RFC 4180 CSV, UTF-8, a header row, one row per member with an email, sorted "
@@ -239,8 +268,9 @@ async def segment_history(
     "Cells starting with `=`, `+`, `-`, `@`, a tab or a carriage return get a leading `'`.",
     responses={
         200: {
-            "description": "The CSV file, streamed",
-            "content": {"text/csv": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "The CSV file, streamed (`Content-Disposition: attachment`)",
+            # Text, not `format: binary`: generated clients read it as a string.
+            "content": {"text/csv": {"schema": {"type": "string"}}},
         },
         **answers(404),
     },

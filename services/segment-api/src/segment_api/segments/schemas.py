@@ -6,10 +6,13 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     Field,
+    GetJsonSchemaHandler,
     StrictInt,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from segment_api.fields import (
     Email,
@@ -20,8 +23,9 @@ from segment_api.fields import (
     refuse_null,
     with_examples,
 )
+from segment_api.openapi import PublishedAs, schema_of
 from segment_api.rules.definition import OrderBy
-from segment_api.rules.schemas import RULE_DESCRIPTION, RULE_EXAMPLE
+from segment_api.rules.grammar import DEFINITION_SHAPES
 
 MAX_BATCH = 10_000
 
@@ -33,15 +37,19 @@ def _not_blank(value: str) -> str:
 
 
 SegmentName = Annotated[Name, AfterValidator(_not_blank)]
+SEGMENT_DEFINITION_DESCRIPTION = (
+    '`{"type": "manual"}` (the default when `type` is left out), or `{"type": "rule", '
+    '"rule": {...}}` with an optional size limit (`max_size`, `order_by`).'
+)
 Description = Annotated[Text, Field(max_length=2000)]
 
 
-class Definition(RequestModel):
+class SegmentDefinition(RequestModel):
     """`{"type": "manual"}`, or `{"type": "rule", "rule": {...}}` with an optional size limit
     (`max_size`, `order_by`). The rule is validated when saved; docs/rules.md."""
 
     type: Literal["manual", "rule"] = "manual"
-    rule: dict[str, Any] | None = Field(None, description=RULE_DESCRIPTION)
+    rule: dict[str, Any] | None = None
     max_size: StrictInt | None = Field(
         None, ge=1, le=1_000_000_000, description="At most this many members (rule segments)"
     )
@@ -50,10 +58,17 @@ class Definition(RequestModel):
         description="Which members a size limit keeps (default random, stable per segment)",
     )
 
-    model_config = with_examples(
-        {"type": "manual"},
-        {"type": "rule", "rule": RULE_EXAMPLE, "max_size": 5000, "order_by": "total_revenue_desc"},
-    )
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """Published as the tagged union of the two shapes, the rule grammar included (the
+        rule is a dict here: the parser reads it, and its 422 names each offending node)."""
+        return {
+            **schema_of(DEFINITION_SHAPES, handler),
+            "title": cls.__name__,
+            "description": SEGMENT_DEFINITION_DESCRIPTION,
+        }
 
     def stored(self) -> dict[str, Any]:
         """The definition as saved: absent fields left out, a size limit's order spelled out."""
@@ -69,7 +84,7 @@ class SegmentCreate(RequestModel):
     kind: Literal["user", "custom"] = Field(
         "user", description="`custom` (made to a client's specification) needs the admin scope"
     )
-    definition: Definition = Field(default_factory=Definition)
+    definition: SegmentDefinition = Field(default_factory=SegmentDefinition)
 
     model_config = with_examples({"name": "VIP customers", "description": "Hand-picked top buyers"})
 
@@ -100,7 +115,8 @@ class Segment(BaseModel):
     name: str
     description: str | None
     kind: Literal["default", "user", "custom"]
-    definition: dict[str, Any]
+    # As stored: a valid definition (answered as saved, docs/rules.md#definitions).
+    definition: Annotated[dict[str, Any], PublishedAs(SegmentDefinition)]
     active: bool
     status: Literal["ready", "building", "inactive"]
     member_count: int
@@ -111,13 +127,31 @@ class Segment(BaseModel):
     updated_at: datetime
 
 
-class MembersRequest(RequestModel):
-    """Exactly one of `external_ids` or `emails`, at most 10,000 items."""
+ExternalIds = Annotated[list[ExternalId], Field(min_length=1, max_length=MAX_BATCH)]
+Emails = Annotated[list[Email], Field(min_length=1, max_length=MAX_BATCH)]
 
-    external_ids: Annotated[list[ExternalId], Field(min_length=1, max_length=MAX_BATCH)] | None = (
-        None
-    )
-    emails: Annotated[list[Email], Field(min_length=1, max_length=MAX_BATCH)] | None = None
+
+class MembersByExternalId(RequestModel):
+    """Customers by the store's own ids, at most 10,000."""
+
+    external_ids: ExternalIds
+    emails: None = None
+
+
+class MembersByEmail(RequestModel):
+    """Customers by email, matched case-insensitively (every customer with the address), at
+    most 10,000."""
+
+    emails: Emails
+    external_ids: None = None
+
+
+class MembersRequest(RequestModel):
+    """Exactly one of `external_ids` or `emails`, at most 10,000 items. Published as the
+    union of MembersByExternalId and MembersByEmail."""
+
+    external_ids: ExternalIds | None = None
+    emails: Emails | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "MembersRequest":
@@ -125,18 +159,17 @@ class MembersRequest(RequestModel):
             raise ValueError("give exactly one of external_ids or emails")
         return self
 
-    model_config = with_examples(
-        {"external_ids": ["c-1001", "c-1002"]},
-        constraints={
-            "oneOf": [
-                {
-                    "required": [given],
-                    "properties": {given: {"type": "array"}, other: {"type": "null"}},
-                }
-                for given, other in (("external_ids", "emails"), ("emails", "external_ids"))
-            ]
-        },
-    )
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        shapes = schema_of(MembersByExternalId | MembersByEmail, handler)
+        return {
+            "title": cls.__name__,
+            "description": "Exactly one of `external_ids` or `emails`, at most 10,000 items.",
+            "oneOf": shapes["anyOf"],
+            "examples": [{"external_ids": ["c-1001", "c-1002"]}, {"emails": ["ada@example.com"]}],
+        }
 
 
 class MembersAdded(BaseModel):
@@ -165,7 +198,7 @@ class SegmentUpdate(RequestModel):
 
     name: SegmentName | None = None
     description: Description | None = None
-    definition: Definition | None = None
+    definition: SegmentDefinition | None = None
     kind: Literal["user", "custom"] | None = Field(
         None, description="`custom` needs the admin scope"
     )

@@ -24,6 +24,7 @@ router = APIRouter(tags=["syncs"])
 
 @router.post(
     "/v1/segments/{segment_id}/syncs",
+    operation_id="requestSync",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Sync a segment to a destination",
     description="Answers the run already queued or running for this segment and destination "
@@ -37,6 +38,7 @@ async def request_sync(segment_id: SegmentId, body: SyncCreate, db: Db, _: SyncK
 
 @router.post(
     "/v1/segments/{segment_id}/promotions",
+    operation_id="promoteSegment",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Copy a segment from a production store to a staging store",
     description="Starts a run of kind `promotion` (poll it at `/v1/syncs/{id}`): the staging "
@@ -54,6 +56,7 @@ async def request_promotion(
 
 @router.get(
     "/v1/segments/{segment_id}/syncs",
+    operation_id="listSegmentSyncs",
     summary="List the segment's sync runs and promotions, newest first",
     responses=answers(404),
 )
@@ -71,6 +74,7 @@ async def list_syncs(
 
 @router.get(
     "/v1/segments/{segment_id}/destinations/{destination_id}",
+    operation_id="getSegmentDestinationState",
     summary="What a destination holds of the segment, by the worker's record",
     responses=answers(404),
 )
@@ -113,6 +117,7 @@ async def list_all_syncs(
 
 @router.get(
     "/v1/syncs/{sync_id}",
+    operation_id="getSync",
     summary="Read a sync run",
     responses=answers(404),
 )

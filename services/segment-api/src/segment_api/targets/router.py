@@ -2,7 +2,7 @@ from fastapi import APIRouter, Request, Response, status
 
 from segment_api.deps import Db, ReadKey, WriteKey
 from segment_api.parameters import SegmentId
-from segment_api.responses import answers
+from segment_api.responses import answers, tagged_answer
 from segment_api.segments.router import created_segment
 from segment_api.segments.schemas import Segment
 from segment_api.targets import service
@@ -23,11 +23,12 @@ router = APIRouter(prefix="/v1/segments", tags=["target groups"])
 
 @router.post(
     "/combine",
+    operation_id="combineSegments",
     status_code=status.HTTP_201_CREATED,
     summary="Combine segments into a new manual segment: union, intersect or difference",
     description="`difference` keeps the members of the first segment that no other listed "
     "segment holds. The sources are left as they were.",
-    responses=answers(409, body=True),
+    responses={**tagged_answer(201, location=True), **answers(409, body=True)},
 )
 async def combine(
     body: CombineRequest, db: Db, _: WriteKey, request: Request, response: Response
@@ -38,6 +39,7 @@ async def combine(
 
 @router.post(
     "/{segment_id}/split",
+    operation_id="splitSegment",
     status_code=status.HTTP_201_CREATED,
     summary="Split a segment into new manual segments by weight",
     description="Members are ordered by a stable hash of (customer, seed) and dealt out in "
@@ -51,11 +53,12 @@ async def split(segment_id: SegmentId, body: SplitRequest, db: Db, _: WriteKey) 
 
 @router.post(
     "/{segment_id}/reduce",
+    operation_id="reduceSegment",
     status_code=status.HTTP_201_CREATED,
     summary="A new manual segment of at most max_size members of this one",
     description="Chosen by `order_by` (ties to the longest-standing customer), or at random "
     "with a seed: the same seed keeps the same members.",
-    responses=answers(404, 409, body=True),
+    responses={**tagged_answer(201, location=True), **answers(404, 409, body=True)},
 )
 async def reduce(
     segment_id: SegmentId,
@@ -71,6 +74,7 @@ async def reduce(
 
 @router.post(
     "/compare",
+    operation_id="compareSegments",
     summary="Sizes, and the intersection and Jaccard index of every pair",
     responses=answers(body=True),
 )
@@ -80,6 +84,7 @@ async def compare(body: CompareRequest, db: Db, _: ReadKey) -> Comparison:
 
 @router.post(
     "/deduplicate",
+    operation_id="deduplicateSegments",
     summary="Remove from each manual segment the customers an earlier one holds",
     description="The list is in priority order: the first segment keeps all its members, "
     "each later one loses those any earlier one holds, so no customer is in two of them. "
@@ -94,6 +99,7 @@ async def deduplicate(body: DeduplicateRequest, db: Db, _: WriteKey) -> Deduplic
 
 @router.post(
     "/cluster",
+    operation_id="clusterCustomers",
     status_code=status.HTTP_201_CREATED,
     summary="k new manual segments from k-means over the customers with placed orders",
     description="Features (recency in days, frequency, monetary value) are log-scaled and "
