@@ -20,9 +20,19 @@ install: $(if $(shell command -v uv 2>/dev/null),,.tools/bin/uv)
 run: install
 	deploy/run-local.sh
 
-lint: install
+# Ruff, and Redocly's `recommended` rules on the OpenAPI document segment-api serves (SPEC
+# section 3: no error), printed to build/openapi.json without starting it.
+lint: install node_modules/.package-lock.json
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	@mkdir -p build
+	.venv/bin/python -m segment_api.print_openapi > build/openapi.json
+	REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true \
+	  node_modules/.bin/redocly lint --extends recommended build/openapi.json
+
+# Redocly's CLI from the npm registry, at the version package-lock.json pins.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
 
 typecheck: install
 	.venv/bin/mypy
