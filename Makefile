@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # (measured on 2 cores: README, "Two commands").
 TEST_WORKERS ?= 2
 
-.PHONY: install run test lint typecheck pytest test-unit test-integration test-faults bench clean
+.PHONY: install run demo test lint typecheck pytest test-unit test-integration test-faults bench clean
 
 # uv comes from PyPI into a private folder when it is not installed already.
 .tools/bin/uv:
@@ -19,6 +19,11 @@ install: $(if $(shell command -v uv 2>/dev/null),,.tools/bin/uv)
 
 run: install
 	deploy/run-local.sh
+
+# `make run` in its own database with a sample store, the sandbox vendors and first syncs
+# (README, "A demo store"); it starts over each time.
+demo: install
+	.venv/bin/python -m deploy.demo
 
 # Ruff, and Redocly's `recommended` rules on the OpenAPI document segment-api serves (SPEC
 # section 3: no error), printed to build/openapi.json without starting it.

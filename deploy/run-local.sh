@@ -13,6 +13,9 @@ export SEGMENTS_BIND_HOST="${SEGMENTS_BIND_HOST:-127.0.0.1}"
 # Destinations may point at the vendor fakes on this machine (docs/sync.md, "Trying it locally
 # with the fakes"); anywhere else private stays refused.
 export SEGMENTS_ALLOW_PRIVATE_DESTINATIONS="${SEGMENTS_ALLOW_PRIVATE_DESTINATIONS:-127.0.0.1}"
+# A frontend's dev server may call the API from the browser: the usual local origins (React and
+# Next.js 3000, Vite 5173, Angular 4200, Vue CLI and others 8080), by name and by address.
+export SEGMENTS_CORS_ORIGINS="${SEGMENTS_CORS_ORIGINS:-http://localhost:3000,http://127.0.0.1:3000,http://localhost:5173,http://127.0.0.1:5173,http://localhost:4200,http://127.0.0.1:4200,http://localhost:8080,http://127.0.0.1:8080}"
 
 "$bin/python" -m segments_shared.cli.preflight || exit 1
 "$bin/segments-db" upgrade

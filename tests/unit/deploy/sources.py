@@ -24,6 +24,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 K8S_DIR = ROOT / "deploy" / "k8s"
 ENV_EXAMPLE = ROOT / ".env.example"
+README = ROOT / "README.md"
+RUN_LOCAL = ROOT / "deploy" / "run-local.sh"
 
 # SPEC section 2, plus the log level every service reads.
 DOCUMENTED_VARIABLES = frozenset(
@@ -228,3 +230,21 @@ def env_example() -> dict[str, str | None]:
             assert name not in listed, f"{name} is listed twice in .env.example"
             listed[name] = None if match.group("comment") else match.group("value")
     return listed
+
+
+def readme_settings() -> list[str]:
+    """The variables the README's settings table lists, one row each, in its order."""
+    section = README.read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    names = []
+    for line in section.splitlines():
+        cells = line.split("|")
+        if line.startswith("|") and len(cells) > 2:
+            names += re.findall(r"`(SEGMENTS_[A-Z0-9_]+)`", cells[1])
+    return names
+
+
+def run_local_defaults() -> dict[str, str]:
+    """What deploy/run-local.sh (`make run`) sets each variable to when it is unset or empty:
+    its lines `export NAME="${NAME:-value}"`."""
+    pattern = re.compile(r'^export (?P<name>\w+)="\$\{(?P=name):-(?P<value>[^}]*)\}"$', re.M)
+    return {m.group("name"): m.group("value") for m in pattern.finditer(RUN_LOCAL.read_text())}

@@ -199,10 +199,13 @@ def create_app(settings: ApiSettings, refresh_settings: RefreshSettings | None =
                 "Authorization",
                 "Content-Type",
                 "If-Match",
+                "If-None-Match",
                 "Idempotency-Key",
                 "X-Correlation-ID",
+                "X-Request-ID",
             ],
-            expose_headers=["ETag", "Location", "X-Correlation-ID"],
+            # The response headers the contract declares, readable by the page's script.
+            expose_headers=["ETag", "Location", "Idempotent-Replayed", "X-Correlation-ID"],
         )
     app.add_middleware(HeadMiddleware)
     app.add_middleware(CorrelationMiddleware)

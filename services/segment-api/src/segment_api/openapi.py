@@ -1,5 +1,5 @@
 """The OpenAPI document and the pages that show it (SPEC section 3,
-docs/contract.md#the-openapi-document): what FastAPI derives from the routes, plus what the
+docs/contract.md#http-conventions): what FastAPI derives from the routes, plus what the
 routes cannot say themselves: the problem answers every operation can give, the response
 headers the middleware sets, the server and the licence. Swagger UI (`/docs`) and ReDoc
 (`/redoc`) load their scripts from this server, never from a CDN.
