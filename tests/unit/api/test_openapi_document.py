@@ -149,7 +149,7 @@ def test_response_headers_are_declared() -> None:
     assert "Retry-After" in headers_of("listSegments", "503")
 
 
-@pytest.mark.parametrize("operation_id", ["getSegment", "getDestination"])
+@pytest.mark.parametrize("operation_id", ["getSegment", "getDestination", "getSubscription"])
 def test_a_conditional_read_may_answer_304(operation_id: str) -> None:
     operation = by_id(operation_id)
     assert "if-none-match" in {p["name"].lower() for p in operation["parameters"]}

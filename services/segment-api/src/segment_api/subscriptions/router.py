@@ -6,8 +6,15 @@ from fastapi import APIRouter, Header, Path, Request, Response, status
 from segment_api.deps import Db, ReadDb, ReadKey, SyncKey
 from segment_api.listing import PageQuery
 from segment_api.pagination import Page
-from segment_api.parameters import SegmentId
-from segment_api.responses import answers, created, etag, tagged
+from segment_api.parameters import IfNoneMatch, SegmentId
+from segment_api.responses import (
+    NOT_MODIFIED,
+    answers,
+    created,
+    tagged,
+    tagged_answer,
+    unless_modified,
+)
 from segment_api.subscriptions import service
 from segment_api.subscriptions.schemas import Subscription, SubscriptionCreate, SubscriptionUpdate
 
@@ -18,10 +25,6 @@ SubscriptionIfMatch = Annotated[
     str | None,
     Header(description="The subscription's ETag; on mismatch the request fails with 412"),
 ]
-IfNoneMatch = Annotated[
-    str | None,
-    Header(description="The ETag last read: 304 while the subscription still has it"),
-]
 
 
 @router.post(
@@ -31,7 +34,7 @@ IfNoneMatch = Annotated[
     summary="Keep a destination in step with the segment, on change or on a schedule",
     description="One subscription per segment and destination (409); a commerce staging "
     "store cannot be subscribed (409: it is filled by promotions).",
-    responses=answers(404, 409, body=True),
+    responses={**tagged_answer(201, location=True), **answers(404, 409, body=True)},
 )
 async def create_subscription(
     segment_id: SegmentId,
@@ -62,10 +65,7 @@ async def list_subscriptions(
     operation_id="getSubscription",
     response_model=Subscription,
     summary="Read a subscription",
-    responses={
-        304: {"description": "Not modified: `If-None-Match` holds the current ETag"},
-        **answers(404),
-    },
+    responses={**tagged_answer(), **NOT_MODIFIED, **answers(404)},
 )
 async def get_subscription(
     subscription_id: SubscriptionId,
@@ -75,10 +75,7 @@ async def get_subscription(
     if_none_match: IfNoneMatch = None,
 ) -> Subscription | Response:
     subscription = await service.get_subscription(db, subscription_id)
-    tag = etag(subscription.version)
-    if if_none_match is not None and tag in [t.strip() for t in if_none_match.split(",")]:
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
-    return tagged(response, subscription)
+    return unless_modified(response, subscription, if_none_match)
 
 
 @router.patch(
@@ -86,7 +83,7 @@ async def get_subscription(
     operation_id="updateSubscription",
     summary="Change a subscription's schedule, pause it or resume it",
     description="`active: true` resumes a subscription paused after authentication failures.",
-    responses=answers(404, 412, body=True),
+    responses={**tagged_answer(), **answers(404, 412, body=True)},
 )
 async def update_subscription(
     subscription_id: SubscriptionId,
