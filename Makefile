@@ -34,6 +34,7 @@ lint: install node_modules/.package-lock.json
 	.venv/bin/python -m segment_api.print_openapi > build/openapi.json
 	REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true \
 	  node_modules/.bin/redocly lint --extends recommended build/openapi.json
+	node deploy/tools/check-asyncapi.mjs docs/asyncapi.json
 
 # Redocly's CLI from the npm registry, at the version package-lock.json pins.
 node_modules/.package-lock.json: package.json package-lock.json
