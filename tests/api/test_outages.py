@@ -284,3 +284,47 @@ async def test_shutdown_ends_background_releases(
         started = time.monotonic()
     assert not idempotency._finishing
     assert time.monotonic() - started < 15
+
+
+@pytest.mark.asyncio
+async def test_connections_closed_by_timeouts_are_not_handed_out_again(
+    api_settings: ApiSettings, clean_db: AsyncEngine
+) -> None:
+    """asyncpg closes a connection whose statement timed out. The hot paths use the driver
+    directly, so the pool would not hear of it: each closed connection must be replaced at
+    its next checkout, not answer 503 to every request that draws it."""
+    async with proxied_api(
+        api_settings, database_command_timeout=0.5, database_pool_size=4, database_pool_overflow=0
+    ) as (client, proxy):
+        for n in range(8):  # every pooled connection has served
+            assert (await _customer(client, n)).status_code in (200, 201)
+        proxy.latency = 1.0  # slower than the command timeout: statements time out
+        answers = await asyncio.gather(*(_customer(client, 100 + n) for n in range(4)))
+        for answer in answers:
+            assert_unavailable(answer)
+        proxy.latency = 0.0
+        await asyncio.sleep(1.5)  # what was in flight has drained
+        statuses = [(await _customer(client, 200 + n)).status_code for n in range(12)]
+        assert set(statuses) <= {200, 201}, statuses
+
+
+@pytest.mark.asyncio
+async def test_pooled_connections_the_server_dropped_are_replaced_at_checkout(
+    api_settings: ApiSettings, clean_db: AsyncEngine
+) -> None:
+    """Connections the server (or the network) closed while they sat in the pool are known
+    closed to asyncpg; the pool replaces them when they are next drawn instead of handing
+    each to a request that then answers 503, again and again on the driver-level paths."""
+    async with proxied_api(
+        api_settings, database_pool_size=4, database_pool_overflow=0
+    ) as (client, proxy):
+        for n in range(8):
+            assert (await _customer(client, n)).status_code in (200, 201)
+            assert (await _order(client, n)).status_code in (200, 201)
+        await proxy.reset()
+        await asyncio.sleep(0.5)  # asyncpg has seen every connection close
+        statuses = []
+        for n in range(8):
+            statuses += [(await _customer(client, n)).status_code]
+            statuses += [(await _order(client, n)).status_code]
+        assert set(statuses) <= {200, 201}, statuses

@@ -67,6 +67,10 @@ def service_env(world_url: str, amqp_url: str, prefix: str) -> dict[str, str]:
         # Six processes share one server: small pools, as an operator would size them.
         "SEGMENTS_DATABASE_POOL_SIZE": "20",
         "SEGMENTS_DATABASE_POOL_OVERFLOW": "5",
+        # Shed load after 3 s instead of queueing 10 s for a connection: when the database
+        # is slow, requests queued for the pool are what keeps the API behind after it
+        # recovers (docs/operations.md#when-the-database-or-the-broker-is-away).
+        "SEGMENTS_DATABASE_POOL_TIMEOUT": "3",
         "SEGMENTS_DATABASE_COMMAND_TIMEOUT": "10",
         "SEGMENTS_SYNC_RETRY_BASE_SECONDS": "0.05",
         "SEGMENTS_SYNC_RETRY_CAP_SECONDS": "1",

@@ -24,6 +24,8 @@ class Ledger:
     # (sent at, status) of every request, in time.monotonic() seconds.
     answers: list[tuple[float, int]] = field(default_factory=list)
     server_errors: list[str] = field(default_factory=list)
+    # What the client saw when no answer came: (sent at, replica, error).
+    unanswered: list[tuple[float, str, str]] = field(default_factory=list)
 
     def failures_after(self, moment: float) -> list[tuple[float, int]]:
         """Requests sent from `moment` on that the service failed (a 4xx is the request's own
@@ -96,7 +98,7 @@ class SteadyLoad:
                 "total": "10.00",
                 "placed_at": "2026-12-01T10:00:00Z",
             }
-        status = await self._send(path, body)
+        status = await self._send(path, body, sent)
         self.ledger.answers.append((sent, status))
         self.ledger.statuses[status] += 1
         if 200 <= status < 300:
@@ -105,16 +107,22 @@ class SteadyLoad:
             else:
                 self.ledger.orders[path.rsplit("/", 1)[1]] = customer
 
-    async def _send(self, path: str, body: dict[str, str]) -> int:
-        for _ in range(len(self.api_urls)):
-            url = self.api_urls[next(self._replicas)]
+    async def _send(self, path: str, body: dict[str, str], sent: float) -> int:
+        refused: list[str] = []
+        # Each replica once, from the next in turn (concurrent requests share the turn).
+        first = next(self._replicas)
+        for i in range(len(self.api_urls)):
+            url = self.api_urls[(first + i) % len(self.api_urls)]
             try:
                 response = await self._client.put(url + path, json=body)
-            except httpx.ConnectError:
+            except httpx.ConnectError as exc:
+                refused.append(f"{url}: {exc!r}")
                 continue  # a dead replica: the balancer sends to the next one
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
+                self.ledger.unanswered.append((sent, url, repr(exc)))
                 return UNANSWERED
             if response.status_code >= 500 and response.status_code != 503:
                 self.ledger.server_errors.append(f"{path}: {response.text[:300]}")
             return response.status_code
+        self.ledger.unanswered.append((sent, "every replica", "; ".join(refused)))
         return UNANSWERED
