@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from segment_api.main import create_app
 from segment_api.settings import ApiSettings
 from tests.api.helpers import assert_problem, make_segment, schema_validator
+from tests.fixtures.api import serving
 from tests.fixtures.infra import ADMIN_KEY
 
 
@@ -116,12 +117,7 @@ async def test_a_transaction_aborted_by_postgres_is_a_retryable_503(
     async def serialization() -> None:
         raise asyncpg.exceptions.SerializationError("could not serialize access")
 
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://segments.test"
-        ) as client,
-    ):
+    async with serving(app, key=None) as client:
         for path in ("/test/deadlock", "/test/serialization"):
             response = await client.get(path)
             problem = assert_problem(response, 503)
@@ -146,12 +142,7 @@ async def test_a_character_postgres_cannot_store_is_422_not_500(
     async def nul_driver() -> None:
         raise asyncpg.exceptions.CharacterNotInRepertoireError("invalid byte sequence")
 
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://segments.test"
-        ) as client,
-    ):
+    async with serving(app, key=None) as client:
         for path in ("/test/nul", "/test/nul-driver"):
             problem = assert_problem(await client.get(path), 422)
             assert "NUL" in problem["detail"]
@@ -173,12 +164,7 @@ async def test_an_unexpected_error_is_a_500_carrying_the_correlation_id(
     async def value_error() -> None:
         raise ValueError("not a problem the handlers know")
 
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://segments.test"
-        ) as client,
-    ):
+    async with serving(app, key=None) as client:
         for path in ("/test/bug", "/test/value-error"):
             response = await client.get(path, headers={"X-Correlation-ID": "trace-me"})
             problem = assert_problem(response, 500)

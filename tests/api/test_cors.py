@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from segment_api.main import create_app
 from segment_api.settings import ApiSettings
 from tests.api.helpers import make_segment
+from tests.fixtures.api import serving
 from tests.fixtures.infra import ADMIN_KEY
 from tests.unit.deploy.sources import run_local_defaults
 
@@ -28,12 +29,7 @@ async def browser_api(
     """segment-api configured as `make run` configures it; no credentials of its own (a
     preflight carries none)."""
     app = create_app(api_settings.model_copy(update={"cors_origins": MAKE_RUN_ORIGINS}))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000"
-        ) as client,
-    ):
+    async with serving(app, key=None, base_url="http://127.0.0.1:8000") as client:
         yield client
 
 

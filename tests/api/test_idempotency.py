@@ -15,6 +15,7 @@ from segment_api.main import create_app
 from segment_api.settings import ApiSettings
 from segments_shared.apikeys import create_key
 from tests.api.helpers import assert_problem
+from tests.fixtures.api import serving
 from tests.fixtures.infra import ADMIN_KEY
 from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.tables import Snapshot
@@ -141,12 +142,7 @@ async def test_a_running_request_keeps_its_claim_past_the_lease(
         return {"runs": runs}
 
     headers = {"Idempotency-Key": "slow", "Authorization": f"Bearer {ADMIN_KEY}"}
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://segments.test"
-        ) as client,
-    ):
+    async with serving(app, key=None) as client:
         first = asyncio.create_task(client.post("/test/slow", json={}, headers=headers))
         await asyncio.sleep(2.5)  # over twice the lease: the holder renewed its claim
         assert runs == 1
@@ -201,14 +197,7 @@ async def test_a_database_outage_during_the_key_check_is_a_retryable_503(
         }
     )
     app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://segments.test",
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-        ) as client,
-    ):
+    async with serving(app) as client:
         assert (await client.get("/v1/segments")).status_code == 200
         await proxy.cut()
         response = await client.post(

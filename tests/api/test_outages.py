@@ -17,7 +17,7 @@ from segment_api import idempotency
 from segment_api.main import create_app
 from segment_api.settings import ApiSettings
 from tests.api.helpers import assert_problem
-from tests.fixtures.infra import ADMIN_KEY
+from tests.fixtures.api import serving
 from tests.fixtures.proxy import TcpProxy
 
 Call = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
@@ -69,14 +69,7 @@ async def proxied_api(
         )
     )
     try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://segments.test",
-                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-            ) as client,
-        ):
+        async with serving(app) as client:
             assert (await client.get("/v1/segments")).status_code == 200
             yield client, proxy
     finally:
@@ -315,9 +308,10 @@ async def test_pooled_connections_the_server_dropped_are_replaced_at_checkout(
     """Connections the server (or the network) closed while they sat in the pool are known
     closed to asyncpg; the pool replaces them when they are next drawn instead of handing
     each to a request that then answers 503, again and again on the driver-level paths."""
-    async with proxied_api(
-        api_settings, database_pool_size=4, database_pool_overflow=0
-    ) as (client, proxy):
+    async with proxied_api(api_settings, database_pool_size=4, database_pool_overflow=0) as (
+        client,
+        proxy,
+    ):
         for n in range(8):
             assert (await _customer(client, n)).status_code in (200, 201)
             assert (await _order(client, n)).status_code in (200, 201)

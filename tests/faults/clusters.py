@@ -154,7 +154,7 @@ class RabbitCluster:
         assert sorted(members) == sorted(node.node for node in self.nodes), members
 
     async def running_nodes(self) -> list[str]:
-        output = await self._ctl(self.nodes[0], "eval", "rabbit_nodes:all_running().")
+        output = await self.nodes[0].ctl("eval", "rabbit_nodes:all_running().")
         return [
             name
             for name in output.replace("[", " ")
@@ -165,28 +165,13 @@ class RabbitCluster:
             if "@" in name
         ]
 
-    async def _ctl(self, node: ClusterNode, *args: str) -> str:
-        from tests.fixtures.rabbit import CTL
-
-        process = await asyncio.create_subprocess_exec(
-            str(CTL),
-            "-n",
-            node.node,
-            *args,
-            env=node.env(),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await process.communicate()
-        return output.decode(errors="replace")
-
     async def leader_of(self, queue: str) -> ClusterNode:
         """The node leading a quorum queue."""
         for node in self.nodes:
             if node.process is None or node.process.returncode is not None:
                 continue
-            output = await self._ctl(
-                node, "list_queues", "name", "leader", "--no-table-headers", "--quiet"
+            output = await node.ctl(
+                "list_queues", "name", "leader", "--no-table-headers", "--quiet"
             )
             for line in output.splitlines():
                 parts = line.split()

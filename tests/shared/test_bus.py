@@ -11,7 +11,6 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 import aio_pika
-import httpx
 import pytest
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from pydantic import SecretStr
@@ -31,7 +30,8 @@ from segments_shared.events import (
     SyncCompleted,
     SyncCompletedEvent,
 )
-from tests.fixtures.infra import ADMIN_KEY, AMQP_URL
+from tests.fixtures.api import serving
+from tests.fixtures.infra import AMQP_URL
 from tests.fixtures.proxy import TcpProxy
 from tests.support.waiting import wait_for
 
@@ -99,14 +99,7 @@ async def test_change_commits_while_broker_is_down_and_is_published_after(
         update={"amqp_url": SecretStr(f"amqp://guest:guest@127.0.0.1:{port}/")}
     )
     app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://segments.test",
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-        ) as api,
-    ):
+    async with serving(app) as api:
         response = await api.put("/v1/customers/outage-1", json={"email": "o@example.com"})
         assert response.status_code == 201
         ready = await api.get("/readyz")

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from segment_api.main import StopRequests, create_app
 from segment_api.settings import ApiSettings
+from tests.fixtures.api import serving
 from tests.fixtures.processes import BIN, ServiceProcess, free_port, suite_env
 
 
@@ -20,12 +21,7 @@ async def test_api_is_not_ready_without_its_database(api_settings: ApiSettings) 
         update={"database_url": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/none"}
     )
     app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://segments.test"
-        ) as client,
-    ):
+    async with serving(app, key=None) as client:
         assert (await client.get("/healthz")).status_code == 200
         ready = await client.get("/readyz")
         assert ready.status_code == 503

@@ -21,6 +21,7 @@ from segment_api.settings import ApiSettings
 from segments_shared.db.engine import asyncpg_dsn
 from tests.fakes.server import serve
 from tests.fakes.webhook import WebhookState, create_app
+from tests.fixtures.api import serving
 from tests.fixtures.infra import ADMIN_KEY
 from tests.fixtures.processes import BIN, Suite, running_suite
 from tests.support.pgbouncer import POOLED_MARK
@@ -233,14 +234,7 @@ async def test_no_statement_outlives_its_transaction(
             }
         )
         app = create_app(settings)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://segments.test",
-                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-            ) as api,
-        ):
+        async with serving(app) as api:
             await put(api, "/v1/customers/c1", {"email": "c1@example.com"})
             await put(api, "/v1/customers/c1", {"email": "c1@example.com", "first_name": "Ada"})
             await put(
