@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from segment_api.destinations import repository as destinations
 from segment_api.listing import PageRequest
 from segment_api.pagination import Page
 from segment_api.problems import ProblemException, not_found
@@ -18,7 +17,7 @@ from segment_api.segments.service import require_segment
 from segment_api.subscriptions import repository
 from segment_api.subscriptions.resume import SUBSCRIPTIONS
 from segment_api.subscriptions.schemas import Subscription, SubscriptionCreate, SubscriptionUpdate
-from segment_api.syncs.service import get_run
+from segment_api.syncs.service import get_run, syncable_destination
 from segment_api.versions import check_if_match
 from segments_shared.db.types import AnyRow
 from segments_shared.jobs import store
@@ -64,19 +63,7 @@ async def create_subscription(
     conn: AsyncConnection, segment_id: uuid.UUID, body: SubscriptionCreate
 ) -> Subscription:
     await require_segment(conn, segment_id)
-    destination = await destinations.held(conn, body.destination_id)
-    if destination is None:
-        raise ProblemException(
-            422,
-            f"destination {body.destination_id} does not exist",
-            errors=[{"pointer": "/destination_id", "detail": "no such destination"}],
-        )
-    if destination.type == "commerce" and destination.config.get("environment") == "staging":
-        raise ProblemException(
-            409,
-            "a staging store receives segments from production, by promotion: it cannot be "
-            "subscribed",
-        )
+    await syncable_destination(conn, segment_id, body.destination_id)
     schedule = body.schedule.model_dump()
     subscription_id = await repository.insert(conn, segment_id, body.destination_id, schedule)
     if subscription_id is None:

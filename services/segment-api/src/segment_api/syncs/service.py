@@ -159,6 +159,15 @@ async def request_sync(
     conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID
 ) -> SyncRun:
     await _lock_active_segment(conn, segment_id)
+    await syncable_destination(conn, segment_id, destination_id)
+    return await _queue(conn, segment_id, destination_id, kind="sync")
+
+
+async def syncable_destination(
+    conn: AsyncConnection, segment_id: uuid.UUID, destination_id: uuid.UUID
+) -> AnyRow:
+    """The destination a sync or a subscription names, held until the transaction ends: 422
+    if it does not exist, 409 for a commerce staging store (filled by promotions only)."""
     destination = await destinations.held(conn, destination_id)
     if destination is None:
         raise ProblemException(
@@ -172,7 +181,7 @@ async def request_sync(
             "a staging store receives segments from production, by promotion: "
             f"POST /v1/segments/{segment_id}/promotions",
         )
-    return await _queue(conn, segment_id, destination_id, kind="sync")
+    return destination
 
 
 async def request_promotion(
