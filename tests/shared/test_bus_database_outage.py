@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -97,6 +98,21 @@ def consumed(outcome: str) -> float:
     return total
 
 
+def consumer_of(
+    engine: AsyncEngine, topology: Topology, handler: Any, **options: Any
+) -> EventConsumer:
+    """This module's consumer: every bound type to `handler`, quick retries."""
+    return EventConsumer(
+        engine,
+        AMQP_URL,
+        topology,
+        SERVICE,
+        every_bound_type(handler),
+        retry_backoff=RETRIES,
+        **options,
+    )
+
+
 @pytest.mark.asyncio
 async def test_messages_wait_out_a_database_outage_and_are_handled_once(
     proxied_database: tuple[TcpProxy, AsyncEngine],
@@ -107,9 +123,7 @@ async def test_messages_wait_out_a_database_outage_and_are_handled_once(
     proxy, engine = proxied_database
     topology = Topology(bus_prefix)
     recorder = Recorder()
-    consumer = EventConsumer(
-        engine, AMQP_URL, topology, SERVICE, every_bound_type(recorder), retry_backoff=RETRIES
-    )
+    consumer = consumer_of(engine, topology, recorder)
     task = asyncio.create_task(consumer.run())
     try:
         await wait_for(lambda: _true(consumer.broker_connected))
@@ -152,9 +166,7 @@ async def test_stopping_during_an_outage_requeues_the_waiting_message(
     proxy, engine = proxied_database
     topology = Topology(bus_prefix)
     recorder = Recorder()
-    consumer = EventConsumer(
-        engine, AMQP_URL, topology, SERVICE, every_bound_type(recorder), retry_backoff=RETRIES
-    )
+    consumer = consumer_of(engine, topology, recorder)
     task = asyncio.create_task(consumer.run())
     await wait_for(lambda: _true(consumer.broker_connected))
     await proxy.cut()
@@ -187,15 +199,7 @@ async def test_a_message_held_for_the_hold_limit_is_requeued_at_the_cost_of_one_
     proxy, engine = proxied_database
     topology = Topology(bus_prefix)
     recorder = Recorder()
-    consumer = EventConsumer(
-        engine,
-        AMQP_URL,
-        topology,
-        SERVICE,
-        every_bound_type(recorder),
-        retry_backoff=RETRIES,
-        hold_limit=HOLD_LIMIT,
-    )
+    consumer = consumer_of(engine, topology, recorder, hold_limit=HOLD_LIMIT)
     task = asyncio.create_task(consumer.run())
     event = customer_changed("held-for-the-limit")
     try:
@@ -238,15 +242,7 @@ async def test_only_an_outage_of_every_delivery_s_hold_limit_dead_letters(
     proxy, engine = proxied_database
     topology = Topology(bus_prefix)
     hold_limit = 0.3
-    consumer = EventConsumer(
-        engine,
-        AMQP_URL,
-        topology,
-        SERVICE,
-        every_bound_type(Recorder()),
-        retry_backoff=RETRIES,
-        hold_limit=hold_limit,
-    )
+    consumer = consumer_of(engine, topology, Recorder(), hold_limit=hold_limit)
     task = asyncio.create_task(consumer.run())
     try:
         await wait_for(lambda: _true(consumer.broker_connected))
@@ -293,9 +289,7 @@ async def test_a_message_that_always_times_out_is_dead_lettered(
         await overrun(conn, event)
 
     topology = Topology(bus_prefix)
-    consumer = EventConsumer(
-        clean_db, AMQP_URL, topology, SERVICE, every_bound_type(handler), retry_backoff=RETRIES
-    )
+    consumer = consumer_of(clean_db, topology, handler)
     task = asyncio.create_task(consumer.run())
     errors_before = consumed("error")
     try:
@@ -323,14 +317,7 @@ async def test_a_database_that_never_answers_is_waited_out_past_the_timeout_atte
     async with through_proxy(clean_db, connect_timeout=0.3) as (proxy, engine):
         topology = Topology(bus_prefix)
         recorder = Recorder()
-        consumer = EventConsumer(
-            engine,
-            AMQP_URL,
-            topology,
-            SERVICE,
-            every_bound_type(recorder),
-            retry_backoff=RETRIES,
-        )
+        consumer = consumer_of(engine, topology, recorder)
         task = asyncio.create_task(consumer.run())
         try:
             await wait_for(lambda: _true(consumer.broker_connected))
